@@ -1,0 +1,99 @@
+"""Keras callbacks of Generalist training: the weight mixing and the choice of the best G.
+
+Keras epochs are 0-indexed; the paper's schedules are in 1-indexed epochs, so epoch `e` below is
+always `keras_epoch + 1`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from absl import logging
+
+from generalist_tf import schedules
+
+
+class GeneralistCallback(keras.callbacks.Callback):
+    """Mixes the learners into the global learner and redistributes it (Generalist, Alg. 1).
+
+    Contract:
+      * Hooks: `on_epoch_begin` fixes the epoch's mixing weights w_i(e) and whether it is a
+        communication epoch; `on_train_batch_end` (after every step; requires
+        `steps_per_execution=1`) calls `model.update_global(w)`, which updates every learner's
+        EMA and then G <- d*G + (1-d) * sum_i w_i EMA_i, with d = min(alpha, (k+1)/(k+10));
+        in a communication epoch it then calls `model.redistribute()` (mode `every_batch`), or
+        once at `on_epoch_end` (mode `once_per_period`).
+      * Reads: all floating weights of every learner's network, BatchNorm moving statistics
+        included. Writes: the EMA networks, G and, when redistributing, the learners' networks
+        (their optimizer state is kept).
+      * Assumes: `model` is a `generalist.Generalist` whose networks share one architecture and
+        variable order; the arithmetic runs in compiled cross-replica functions.
+      * Logs: `mixing/<learner>` weights, `communication/redistributions` per epoch and the
+        `learning_rate`, added to the epoch logs so TensorBoard records them.
+
+    Args:
+      mixing: per-learner weight schedules (`schedules.PiecewiseLinear`), summing to 1.
+      communication: when to redistribute (`schedules.Communication`).
+      epochs: total number of epochs.
+    """
+
+    def __init__(self, mixing, communication: schedules.Communication, epochs: int):
+        super().__init__()
+        self.mixing = mixing
+        self.communication = communication
+        self.epochs = epochs
+        self._weights = None
+        self._communicating = False
+        self._redistributions = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        e = epoch + 1
+        self._weights = schedules.mixing_weights(
+            self.mixing, self.model.learner_names, e, self.epochs
+        )
+        self._communicating = self.communication.is_communication_epoch(e, self.epochs)
+        self._redistributions = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.update_global(self._weights)
+        if self._communicating and self.communication.mode == "every_batch":
+            self.model.redistribute()
+            self._redistributions += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._communicating and self.communication.mode == "once_per_period":
+            self.model.redistribute()
+            self._redistributions += 1
+        if logs is not None:
+            for name, weight in zip(self.model.learner_names, self._weights):
+                logs[f"mixing/{name}"] = weight
+            logs["communication/redistributions"] = self._redistributions
+            optimizer = self.model.learners[0].optimizer
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class BestGlobalCallback(keras.callbacks.Callback):
+    """Keeps G of the epoch with the best validation score in `model.best_network`.
+
+    The score is a validation-split metric (never the test split); ties keep the earlier epoch.
+
+    Args:
+      monitor: a key of the epoch logs, e.g. `val_global/pgd_accuracy`.
+    """
+
+    def __init__(self, monitor: str):
+        super().__init__()
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(self.monitor)
+        if score is None:
+            raise ValueError(
+                f"--select_metric: {self.monitor!r} is not in the epoch logs; "
+                f"available: {sorted(logs or {})}"
+            )
+        score = float(score)
+        if math.isfinite(score) and score > float(self.model.best_score.numpy()):
+            self.model.save_best(score, epoch + 1)
+            logging.info("epoch %d: new best %s = %.4f", epoch + 1, self.monitor, score)

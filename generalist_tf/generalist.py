@@ -1,0 +1,157 @@
+"""The Generalist parent model: owns the base learners and the global learner G.
+
+One `fit()` drives every learner (the Keras GAN/distiller pattern): `train_step` runs each
+learner's own `train_step` on the same global batch. The weight mixing itself (EMAs, G,
+redistribution) is done by `callbacks.GeneralistCallback` through `update_global` and
+`redistribute`, compiled functions called in cross-replica context. `test_step` evaluates G and
+every learner's EMA on clean and PGD inputs; `call` is G, the only network that is served.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from generalist_tf import mixing
+from generalist_tf.learners import BaseLearner, per_example_ce
+
+GLOBAL = "global"
+
+
+class Generalist(keras.Model):
+    """Base learners + global learner.
+
+    Args:
+      learners: the base learners, built in the same strategy scope, all starting from the same
+        weights as `global_network`.
+      global_network: G, same architecture.
+      best_network: same architecture; holds G at its best validation score.
+      eval_attack: the attack of `test_step` (a `learners.Attack`).
+      ema_alpha: the EMA decay ceiling (official 0.999); 0 disables averaging.
+      jit_compile: compile policy of the evaluation attack.
+    """
+
+    def __init__(
+        self,
+        learners: Sequence[BaseLearner],
+        global_network: keras.Model,
+        best_network: keras.Model,
+        *,
+        eval_attack,
+        ema_alpha: float = 0.999,
+        jit_compile="auto",
+    ):
+        super().__init__(name="generalist")
+        self.learner_names = tuple(learner.name for learner in learners)
+        if len(set(self.learner_names)) != len(self.learner_names):
+            raise ValueError(f"learner names must be unique, got {self.learner_names}")
+        # One attribute per learner: tf.train.Checkpoint follows attributes, while learners kept
+        # only in a Python list attribute would be saved as nothing, silently.
+        for learner in learners:
+            setattr(self, f"learner_{learner.name}", learner)
+        self.global_network = global_network
+        self.best_network = best_network
+        self.best_network.trainable = False
+        self.global_network.trainable = False
+        self.eval_attack = eval_attack
+        self.ema_alpha = float(ema_alpha)
+        self.jit_compile = jit_compile
+        self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
+        self.best_score = keras.Variable(-1.0, dtype="float32", trainable=False, name="best_score")
+        self.best_epoch = keras.Variable(0, dtype="int64", trainable=False, name="best_epoch")
+        self._eval_metrics = {}
+        for prefix in self.evaluated_names():
+            self._eval_metrics[prefix] = {
+                "loss": keras.metrics.Mean(name=f"{prefix}_eval_loss"),
+                "clean_accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_clean"),
+                "pgd_accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_pgd"),
+            }
+        self._update_global = tf.function(self._update_global_fn)
+        self._redistribute = tf.function(self._redistribute_fn)
+        self._save_best = tf.function(self._save_best_fn)
+        # Every network was built by its functional constructor; nothing is left to build.
+        self.built = True
+
+    @property
+    def learners(self) -> list[BaseLearner]:
+        return [getattr(self, f"learner_{name}") for name in self.learner_names]
+
+    def evaluated_names(self) -> list[str]:
+        """Prefixes of the evaluated networks: `global`, then `<learner>_ema` for each learner."""
+        return [GLOBAL] + [f"{name}_ema" for name in self.learner_names]
+
+    def evaluated_networks(self) -> dict[str, keras.Model]:
+        networks = {GLOBAL: self.global_network}
+        for learner in self.learners:
+            networks[f"{learner.name}_ema"] = learner.ema_network
+        return networks
+
+    def call(self, x, training=False):
+        return self.global_network(x, training=False)
+
+    @property
+    def metrics(self):
+        learner_metrics = [m for learner in self.learners for m in learner.metrics]
+        eval_metrics = [m for group in self._eval_metrics.values() for m in group.values()]
+        return learner_metrics + eval_metrics
+
+    def train_step(self, data):
+        """Every learner takes one step on the same batch (Generalist, Alg. 1: inner loop)."""
+        logs = {}
+        for learner in self.learners:
+            for key, value in learner.train_step(data).items():
+                logs[f"{learner.name}/{key}"] = value
+        return logs
+
+    def test_step(self, data):
+        """Loss, clean and PGD accuracy of G and of each learner's EMA (inference mode)."""
+        x, y = data
+        logs = {}
+        for prefix, network in self.evaluated_networks().items():
+            metrics = self._eval_metrics[prefix]
+            logits = network(x, training=False)
+            x_adv = self.eval_attack(network, x, y, jit_compile=self.jit_compile)
+            metrics["loss"].update_state(tf.reduce_mean(per_example_ce(y, logits)))
+            metrics["clean_accuracy"].update_state(y, logits)
+            metrics["pgd_accuracy"].update_state(y, network(x_adv, training=False))
+            for key, metric in metrics.items():
+                logs[f"{prefix}/{key}"] = metric.result()
+        return logs
+
+    # --- weight mixing, called by the callback in cross-replica context ------------------------
+    def update_global(self, coefficients: Sequence[float]) -> None:
+        """EMA of every learner, then G <- d*G + (1-d) * sum_i w_i EMA_i (one call per step)."""
+        self._update_global(tf.constant(coefficients, tf.float32))
+
+    def redistribute(self) -> None:
+        """theta_i <- G for every learner: weights and BN statistics; optimizer state is kept."""
+        self._redistribute()
+
+    def save_best(self, score: float, epoch: int) -> None:
+        """Copies G into `best_network` and records its validation score and (1-indexed) epoch."""
+        self._save_best(tf.constant(score, tf.float32), tf.constant(epoch, tf.int64))
+
+    def _update_global_fn(self, coefficients):
+        decay = mixing.ema_decay(self.ema_updates, self.ema_alpha)
+        ema_lists = []
+        for learner in self.learners:
+            emas = mixing.mixable_weights(learner.ema_network)
+            mixing.ema_update(emas, mixing.mixable_weights(learner.network), decay)
+            ema_lists.append(emas)
+        mixed = mixing.interpolate(ema_lists, coefficients)
+        mixing.ema_update(mixing.mixable_weights(self.global_network), mixed, decay)
+        self.ema_updates.assign_add(1)
+
+    def _redistribute_fn(self):
+        global_weights = mixing.mixable_weights(self.global_network)
+        for learner in self.learners:
+            mixing.copy_weights(mixing.mixable_weights(learner.network), global_weights)
+
+    def _save_best_fn(self, score, epoch):
+        mixing.copy_weights(
+            mixing.mixable_weights(self.best_network), mixing.mixable_weights(self.global_network)
+        )
+        self.best_score.assign(score)
+        self.best_epoch.assign(epoch)

@@ -1,0 +1,158 @@
+"""Schedules as functions of the (1-indexed) epoch: learning rate, mixing weights, communication.
+
+Every boundary is a fraction of training read from the config; no epoch number is written in
+code. A schedule is piecewise linear through points `(fraction_of_epochs, value)` and is
+evaluated at the integer epoch, as in the official code (`np.interp(epoch, ...)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class PiecewiseLinear:
+    """Piecewise-linear function of `epoch / epochs` through `points`, constant outside them.
+
+    Attributes:
+      points: `((fraction, value), ...)` with strictly increasing fractions in [0, 1].
+    """
+
+    points: tuple[tuple[float, float], ...]
+
+    def __post_init__(self):
+        fracs = [f for f, _ in self.points]
+        if not self.points or any(b <= a for a, b in zip(fracs, fracs[1:])):
+            raise ValueError(f"schedule points need strictly increasing fractions, got {self.points}")
+        if fracs[0] < 0 or fracs[-1] > 1:
+            raise ValueError(f"schedule fractions must lie in [0, 1], got {fracs}")
+
+    def __call__(self, epoch: float, epochs: int) -> float:
+        """The value at 1-indexed `epoch` of a run of `epochs` epochs (Python floats)."""
+        t = epoch / epochs
+        (f0, v0) = self.points[0]
+        if t <= f0:
+            return v0
+        for (f1, v1) in self.points[1:]:
+            if t <= f1:
+                return v0 + (v1 - v0) * (t - f0) / (f1 - f0)
+            f0, v0 = f1, v1
+        return v0
+
+    def tensor(self, epoch: tf.Tensor, epochs: int) -> tf.Tensor:
+        """The same function on a float32 tensor `epoch` (for use inside compiled steps)."""
+        t = tf.cast(epoch, tf.float32) / float(epochs)
+        value = tf.constant(self.points[0][1], tf.float32)
+        for (f0, v0), (f1, v1) in zip(self.points, self.points[1:]):
+            inside = v0 + (v1 - v0) * (t - f0) / (f1 - f0)
+            value = tf.where(t > f0, tf.where(t <= f1, inside, v1), value)
+        return value
+
+    def __str__(self) -> str:
+        return ",".join(f"{f:g}:{v:g}" for f, v in self.points)
+
+
+def parse_fraction(text: str) -> float:
+    """`0.25`, `1/3` or `2/3` to a float (a fraction written as a ratio stays exact)."""
+    return float(fractions.Fraction(text.strip()))
+
+
+def parse_points(text: str, *, flag: str) -> PiecewiseLinear:
+    """Parses `frac:value,frac:value,...` (fractions may be written `1/3`).
+
+    Raises:
+      ValueError: naming `flag` and the text when it does not parse.
+    """
+    try:
+        points = []
+        for item in text.split(","):
+            frac, value = item.split(":")
+            points.append((parse_fraction(frac), float(value)))
+        return PiecewiseLinear(tuple(points))
+    except (ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{flag} must look like '0:1,2/3:1,1:0.4', got {text!r} ({e})") from None
+
+
+def parse_mixing(text: str, *, flag: str = "--mixing") -> dict[str, PiecewiseLinear]:
+    """Parses `name=frac:value,...;name=frac:value,...` into per-learner weight schedules."""
+    schedules = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        if "=" not in part:
+            raise ValueError(f"{flag} entries must look like 'linf_pgd=0:1,1:0.4', got {part!r}")
+        name, points = part.split("=", 1)
+        schedules[name.strip()] = parse_points(points, flag=f"{flag} ({name.strip()})")
+    return schedules
+
+
+def mixing_weights(
+    schedules: dict[str, PiecewiseLinear], names: Sequence[str], epoch: int, epochs: int
+) -> list[float]:
+    """The interpolation weights w_i(epoch) of the learners `names`, in that order."""
+    return [schedules[name](epoch, epochs) for name in names]
+
+
+def check_mixing(schedules: dict[str, PiecewiseLinear], names: Sequence[str], epochs: int, *, flag: str):
+    """Raises ValueError unless the learners' weights are >= 0 and sum to 1 at every epoch."""
+    if set(schedules) != set(names):
+        raise ValueError(
+            f"{flag} must give one schedule per learner {sorted(names)}, got {sorted(schedules)}"
+        )
+    for epoch in range(1, epochs + 1):
+        weights = mixing_weights(schedules, names, epoch, epochs)
+        if min(weights) < 0 or abs(sum(weights) - 1.0) > 1e-6:
+            raise ValueError(
+                f"{flag} weights must be >= 0 and sum to 1 at every epoch; at epoch {epoch} they "
+                f"are {dict(zip(names, weights))}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Communication:
+    """When the global weights are copied back into the learners (paper: redistribution).
+
+    Attributes:
+      start: first epoch that may communicate, as a fraction of the epochs (official: 75/120).
+      period: communicate in epochs `e >= start` with `e % period == 0` (official: 5).
+      mode: `every_batch` (after every batch of such an epoch, as the official code) or
+        `once_per_period` (once, at the end of such an epoch).
+    """
+
+    start: float
+    period: int
+    mode: str = "every_batch"
+
+    def start_epoch(self, epochs: int) -> int:
+        return max(1, round(self.start * epochs))
+
+    def is_communication_epoch(self, epoch: int, epochs: int) -> bool:
+        """Whether 1-indexed `epoch` communicates."""
+        return epoch >= self.start_epoch(epochs) and epoch % self.period == 0
+
+
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate that is a `PiecewiseLinear` function of the integer epoch.
+
+    The optimizer's step counter is converted to the 1-indexed epoch `step // steps_per_epoch +
+    1`, so the rate is constant within an epoch, as in the official code.
+    """
+
+    def __init__(self, schedule: PiecewiseLinear, *, epochs: int, steps_per_epoch: int):
+        self.schedule = schedule
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+
+    def __call__(self, step):
+        epoch = tf.cast(step, tf.int64) // self.steps_per_epoch + 1
+        return self.schedule.tensor(epoch, self.epochs)
+
+    def get_config(self):
+        return {
+            "points": [list(p) for p in self.schedule.points],
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
