@@ -97,3 +97,30 @@ class BestGlobalCallback(keras.callbacks.Callback):
         if math.isfinite(score) and score > float(self.model.best_score.numpy()):
             self.model.save_best(score, epoch + 1)
             logging.info("epoch %d: new best %s = %.4f", epoch + 1, self.monitor, score)
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; training stopped before the next checkpoint."""
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite learner loss, before anything else is saved.
+
+    Raising from `on_train_batch_end` ends `fit` mid-epoch, so the epoch-end checkpoint and the
+    exports are not written: the last good checkpoint stays the latest.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in (logs or {}).items():
+            if key.endswith("/loss") and not math.isfinite(float(value)):
+                raise TrainingDivergedError(
+                    f"{key} is {float(value)} at epoch {self._epoch + 1} step {batch + 1}; "
+                    "training stopped and the last good checkpoint is kept"
+                )

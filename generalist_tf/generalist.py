@@ -18,6 +18,7 @@ from generalist_tf import mixing
 from generalist_tf.learners import BaseLearner, per_example_ce
 
 GLOBAL = "global"
+BEST = "best"
 
 
 class Generalist(keras.Model):
@@ -61,8 +62,9 @@ class Generalist(keras.Model):
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
         self.best_score = keras.Variable(-1.0, dtype="float32", trainable=False, name="best_score")
         self.best_epoch = keras.Variable(0, dtype="int64", trainable=False, name="best_epoch")
+        self._evaluate_best = False
         self._eval_metrics = {}
-        for prefix in self.evaluated_names():
+        for prefix in [BEST] + self.evaluated_names():
             self._eval_metrics[prefix] = {
                 "loss": keras.metrics.Mean(name=f"{prefix}_eval_loss"),
                 "clean_accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_clean"),
@@ -82,8 +84,16 @@ class Generalist(keras.Model):
         """Prefixes of the evaluated networks: `global`, then `<learner>_ema` for each learner."""
         return [GLOBAL] + [f"{name}_ema" for name in self.learner_names]
 
+    def evaluate_best(self, enabled: bool) -> None:
+        """Whether `test_step` also evaluates the best G (prefix `best`), for the final report."""
+        if enabled != self._evaluate_best:
+            self._evaluate_best = enabled
+            self.test_function = None  # Keras re-traces the test step on the next evaluate().
+
     def evaluated_networks(self) -> dict[str, keras.Model]:
-        networks = {GLOBAL: self.global_network}
+        """The networks `test_step` evaluates, by metric prefix."""
+        networks = {BEST: self.best_network} if self._evaluate_best else {}
+        networks[GLOBAL] = self.global_network
         for learner in self.learners:
             networks[f"{learner.name}_ema"] = learner.ema_network
         return networks

@@ -116,8 +116,10 @@ class BaseLearner(keras.Model):
         with tf.GradientTape() as tape:
             per_example, logits = self.per_example_loss(x, inputs, y)
             loss = global_batch_mean(per_example)
+            # Identity in fp32/bf16; with fp16 the LossScaleOptimizer's dynamic scale.
+            scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.network.trainable_variables
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        self.optimizer.apply(tape.gradient(scaled_loss, variables), variables)
         # Per-replica mean for the running metric (the optimizer needs the global-batch scaling).
         self.loss_metric.update_state(tf.reduce_mean(per_example))
         if self.adversarial:

@@ -1,0 +1,85 @@
+"""Exporting the global learner as a SavedModel that serves without this project.
+
+The signature `serving_default` takes float32 images in [0, 1] of shape (batch, H, W, C) under
+the input name `images` and returns `{"logits": (batch, classes)}`. The export is written to a
+temporary directory next to the target and renamed into place only when complete, so a failed
+or interrupted run never leaves a partial export and never replaces a finished one.
+
+Loading a SavedModel runs its graph: load only files you trust.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+SIGNATURE = "serving_default"
+
+
+class _Serving(tf.Module):
+    def __init__(self, network, image_shape):
+        super().__init__()
+        self.network = network
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32, "images")])
+        def serve(images):
+            return {"logits": tf.cast(self.network(images, training=False), tf.float32)}
+
+        self.serve = serve
+
+
+def export_saved_model(network, build_network, path: str) -> None:
+    """Writes `network` as a SavedModel at `path`, atomically.
+
+    Args:
+      network: the trained network (may hold mirrored variables of a distribution strategy).
+      build_network: a function returning a fresh network of the same architecture; the export is
+        a plain copy built outside any strategy, so the SavedModel holds no distributed state.
+      path: target directory; replaced only after the new export is complete.
+    """
+    copy = build_network()
+    copy.set_weights(network.get_weights())
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        module = _Serving(copy, tuple(copy.input_shape[1:]))
+        tf.saved_model.save(module, staging, signatures={SIGNATURE: module.serve})
+        if os.path.exists(path):
+            retired = tempfile.mkdtemp(prefix=".retired-", dir=parent)
+            os.replace(path, os.path.join(retired, "export"))
+            os.replace(staging, path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_serving(path: str):
+    """Loads an exported model; returns a function `images -> logits`.
+
+    Raises:
+      ValueError: `path` is not a SavedModel with the `serving_default` signature.
+    """
+    try:
+        loaded = tf.saved_model.load(path)
+    except (OSError, IOError, ValueError) as e:
+        raise ValueError(f"--model={path}: not a readable SavedModel ({type(e).__name__})") from None
+    signatures = getattr(loaded, "signatures", {})
+    if SIGNATURE not in signatures:
+        raise ValueError(f"--model={path}: SavedModel has no {SIGNATURE!r} signature")
+    serve = signatures[SIGNATURE]
+    _, inputs = serve.structured_input_signature
+    if len(inputs) != 1 or len(serve.structured_outputs) != 1:
+        raise ValueError(
+            f"--model={path}: {SIGNATURE!r} must take one image tensor and return one logits "
+            f"tensor, got inputs {sorted(inputs)} and outputs {sorted(serve.structured_outputs)}"
+        )
+    input_name = next(iter(inputs))
+    output_name = next(iter(serve.structured_outputs))
+    return lambda images: serve(**{input_name: tf.convert_to_tensor(images, tf.float32)})[output_name]

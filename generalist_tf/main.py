@@ -1,0 +1,77 @@
+"""Command line: `python -m generalist_tf.main --flagfile=flags/<experiment>.cfg [--flag=...]`.
+
+The only module that reads FLAGS: it turns them into a validated `Config`, records the resolved
+flags as `<workdir>/flags.cfg`, and calls the library. User errors (bad flags, data, files) end
+with a one-line message and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from generalist_tf import cli  # noqa: E402
+
+FLAGS = flags.FLAGS
+FLAGS_RECORD = "flags.cfg"
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _prepare_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        _fail(f"--workdir={workdir} cannot be written ({e.strerror})")
+
+
+def main(argv):
+    del argv
+    # Imported here so that `--help` and flag errors do not pay for TensorFlow start-up.
+    from generalist_tf import config as config_lib
+    from generalist_tf import distribute
+
+    try:
+        config = config_lib.from_flags(FLAGS.flag_values_dict())
+        # Logical CPU devices must exist before TensorFlow initialises its runtime.
+        if config.num_cpu_replicas > 1:
+            distribute.configure_cpu_replicas(config.num_cpu_replicas)
+    except ValueError as e:
+        _fail(str(e))
+    _prepare_workdir(config.workdir)
+    FLAGS.append_flags_into_file(os.path.join(config.workdir, FLAGS_RECORD))
+
+    from generalist_tf import callbacks, data, train
+
+    try:
+        if config.mode == "train":
+            results = train.train(config)
+            print(results["table"])
+        else:
+            from generalist_tf import evaluate
+
+            report = evaluate.run_from_config(config)
+            print(report["table"])
+    except (ValueError, data.DataError, callbacks.TrainingDivergedError) as e:
+        _fail(str(e))
+    logging.info("done: %s", config.workdir)
+
+
+def run():
+    cli.define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,224 @@
+"""Generalist training as a library call: `train(config) -> results`.
+
+Builds the strategy, data, learners and global model; runs `fit` with the mixing callback,
+checkpoints and TensorBoard; evaluates on the test split; exports G; writes `results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from generalist_tf import (
+    callbacks,
+    checkpoints,
+    data,
+    distribute,
+    export,
+    generalist,
+    learners,
+    models,
+    optimizers,
+    schedules,
+)
+from generalist_tf.config import Config
+
+RESULTS = "results.json"
+EXPORT_BEST = "export"
+EXPORT_LAST = "export_last"
+TENSORBOARD = "tensorboard"
+
+
+def network_builder(config: Config, arrays: data.Arrays):
+    """A function that builds a fresh network of the run's architecture."""
+    mean = std = None
+    if config.normalize:
+        x = arrays.x_train.astype(np.float32) / (255.0 if arrays.x_train.dtype == np.uint8 else 1.0)
+        mean = x.mean(axis=(0, 1, 2)).tolist()
+        std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3).tolist()
+
+    def build():
+        return models.build(
+            config.model,
+            arrays.image_shape,
+            arrays.num_classes,
+            mean=mean,
+            std=std,
+            **config.model_kwargs,
+        )
+
+    return build
+
+
+def build_generalist(config: Config, build_network, steps_per_epoch: int) -> generalist.Generalist:
+    """Builds the learners and G from one random initialisation; call inside `strategy.scope()`.
+
+    Every learner, every EMA, G and the best-G copy start from the same weights theta_0
+    (Generalist, Alg. 1: initialisation).
+    """
+    keras.utils.set_random_seed(config.seed)
+    global_network = build_network()
+    theta_0 = global_network.get_weights()
+
+    def copy_of_theta_0():
+        network = build_network()
+        network.set_weights(theta_0)
+        return network
+
+    lr = schedules.EpochSchedule(
+        config.learning_rate, epochs=config.epochs, steps_per_epoch=steps_per_epoch
+    )
+    base_learners = []
+    for task in config.learners:
+        kwargs = {}
+        if task == "trades":
+            kwargs["beta"] = config.trades_beta
+        if task in ("avg", "max", "msd"):
+            kwargs["l2_attack"] = config.l2_attack
+        attack = config.l2_attack if task == "l2_pgd" else config.linf_attack
+        learner = learners.LEARNERS[task](
+            copy_of_theta_0(),
+            copy_of_theta_0(),
+            attack=None if task == "natural" else attack,
+            jit_compile=config.jit_compile,
+            **kwargs,
+        )
+        optimizer = optimizers.CoupledSGD(
+            lr, momentum=config.momentum, l2=config.weight_decay(task), name=f"{task}_sgd"
+        )
+        learner.compile(optimizer=optimizer)
+        # Build the slots now, in the strategy scope: no variable is created while training.
+        learner.optimizer.build(learner.network.trainable_variables)
+        base_learners.append(learner)
+    model = generalist.Generalist(
+        base_learners,
+        global_network,
+        copy_of_theta_0(),
+        eval_attack=config.eval_attack,
+        ema_alpha=config.ema_decay,
+        jit_compile=config.jit_compile,
+    )
+    model.compile(optimizer=None)
+    return model
+
+
+def _format_table(test: dict, config: Config, best_epoch: int) -> str:
+    a = config.eval_attack
+    header = f"PGD-{a.num_steps} linf eps={a.epsilon:.4g}"
+    rows = [f"{'network (test split)':<28}{'natural':>10}{header:>26}"]
+    for prefix, label in test["networks"].items():
+        clean = test[f"{prefix}/clean_accuracy"]
+        robust = test[f"{prefix}/pgd_accuracy"]
+        rows.append(f"{label:<28}{100 * clean:>9.2f}%{100 * robust:>25.2f}%")
+    rows.append(f"(exported G = best {config.select_metric} on the validation split, epoch {best_epoch})")
+    return "\n".join(rows)
+
+
+def _labels(model: generalist.Generalist, best_epoch: int) -> dict[str, str]:
+    labels = {"best": f"G (exported, epoch {best_epoch})", generalist.GLOBAL: "G (last epoch)"}
+    for name in model.learner_names:
+        labels[f"{name}_ema"] = f"{name} learner EMA"
+    return labels
+
+
+def train(config: Config) -> dict:
+    """Trains, evaluates and exports one run.
+
+    Returns:
+      The results written to `<workdir>/results.json` plus `table`, a printable summary.
+
+    Raises:
+      data.DataError, ValueError: bad dataset or configuration (one-line messages).
+    """
+    strategy = distribute.make_strategy(num_cpu_replicas=config.num_cpu_replicas, tpu=config.tpu)
+    chief = distribute.is_chief(strategy)
+    logging.info("strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
+    arrays = data.load(config.dataset, data_dir=config.data_dir)
+    steps_per_epoch = len(arrays.x_train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"--batch_size={config.batch_size} exceeds the {len(arrays.x_train)} training examples"
+        )
+    build_network = network_builder(config, arrays)
+    with strategy.scope():
+        model = build_generalist(config, build_network, steps_per_epoch)
+    manager = checkpoints.Manager(config, model, strategy=strategy, chief=chief)
+    initial_epoch = manager.restore_or_initialize()
+
+    val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=config.eval_batch_size)
+    train_data = data.train_dataset(
+        arrays,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=initial_epoch * steps_per_epoch,
+    )
+    fit_callbacks = [
+        callbacks.GeneralistCallback(config.mixing, config.communication, config.epochs),
+        callbacks.BestGlobalCallback(config.select_metric),
+        manager.callback(),
+        callbacks.NaNGuard(),
+    ]
+    if chief:
+        fit_callbacks.append(
+            keras.callbacks.TensorBoard(os.path.join(config.workdir, TENSORBOARD))
+        )
+    if initial_epoch < config.epochs:
+        model.fit(
+            train_data,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val,
+            callbacks=fit_callbacks,
+            verbose=config.verbose,
+        )
+    best_epoch = int(model.best_epoch.numpy())
+
+    # Final evaluation on the test split: the exported (best) G, the last G, each learner's EMA.
+    model.evaluate_best(True)
+    test_data = data.eval_dataset(
+        arrays.x_test,
+        arrays.y_test,
+        batch_size=config.eval_batch_size,
+        num_examples=config.eval_examples,
+        seed=config.seed,
+    )
+    test = {k: float(v) for k, v in model.evaluate(test_data, return_dict=True, verbose=0).items()}
+    validation = {
+        k: float(v) for k, v in model.evaluate(val, return_dict=True, verbose=0).items()
+    }
+    test["networks"] = _labels(model, best_epoch)
+    results = {
+        "dataset": config.dataset,
+        "variant": config.variant,
+        "learners": list(config.learners),
+        "epochs": config.epochs,
+        "best_epoch": best_epoch,
+        "select_metric": config.select_metric,
+        "eval_attack": {
+            "norm": config.eval_attack.norm,
+            "epsilon": config.eval_attack.epsilon,
+            "step_size": config.eval_attack.step_size,
+            "num_steps": config.eval_attack.num_steps,
+            "random_start": config.eval_attack.random_start,
+        },
+        "validation": validation,
+        "test": test,
+        "exports": {
+            EXPORT_BEST: f"G with the best {config.select_metric} on the validation split "
+            f"(epoch {best_epoch})",
+            EXPORT_LAST: f"G after the last epoch ({config.epochs})",
+        },
+    }
+    if chief:
+        export.export_saved_model(model.best_network, build_network, os.path.join(config.workdir, EXPORT_BEST))
+        export.export_saved_model(model.global_network, build_network, os.path.join(config.workdir, EXPORT_LAST))
+        with open(os.path.join(config.workdir, RESULTS), "w") as f:
+            json.dump(results, f, indent=2)
+    results["table"] = _format_table(test, config, best_epoch)
+    return results
