@@ -33,28 +33,68 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     boolean("deterministic", False, "Enable TF op determinism (exact resume; slower).")
     integer("verbose", 2, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
     # Data and model.
-    string("dataset", "digits", "digits (embedded), mnist, fashion_mnist, cifar10, cifar100, svhn_cropped, or npz:PATH.")
+    string(
+        "dataset",
+        "digits",
+        "digits (embedded), mnist, fashion_mnist, cifar10, cifar100, svhn_cropped, or npz:PATH.",
+    )
     string("data_dir", None, "tensorflow-datasets data directory (prepared beforehand).")
-    string("model", "digits_cnn", "train: resnet18, preact_resnet18, wide_resnet, small_cnn, digits_cnn; eval: a SavedModel directory.")
+    string(
+        "model",
+        "digits_cnn",
+        "train: resnet18, preact_resnet18, wide_resnet, small_cnn, digits_cnn; eval: a SavedModel directory.",
+    )
     integer("wrn_depth", 34, "wide_resnet depth (6n+4).")
     integer("wrn_width", 10, "wide_resnet width factor.")
-    boolean("normalize", False, "Normalise inputs inside the model with the training split's per-channel mean/std.")
+    boolean(
+        "normalize",
+        False,
+        "Normalise inputs inside the model with the training split's per-channel mean/std.",
+    )
     # Algorithm.
-    string("variant", "generalist_d", "generalist_d, generalist_d_multinorm, generalist_t, standard, pgd_at, trades, avg, max, msd, or custom.")
-    string("learners", "", "custom variant: comma-separated learners (natural, linf_pgd, l2_pgd, trades, avg, max, msd).")
-    string("mixing", "", "Per-learner mixing weights 'name=frac:w,frac:w;name=...' (fractions of --epochs, may be 1/3); empty: the variant's.")
-    floating("ema_decay", 0.999, "EMA ceiling alpha of d = min(alpha, (k+1)/(k+10)); 0 disables averaging.")
-    string("communication_start", "0.625", "First redistribution epoch as a fraction of --epochs (official 75/120).")
+    string(
+        "variant",
+        "generalist_d",
+        "generalist_d, generalist_d_multinorm, generalist_t, standard, pgd_at, trades, avg, max, msd, or custom.",
+    )
+    string(
+        "learners",
+        "",
+        "custom variant: comma-separated learners (natural, linf_pgd, l2_pgd, trades, avg, max, msd).",
+    )
+    string(
+        "mixing",
+        "",
+        "Per-learner mixing weights 'name=frac:w,frac:w;name=...' (fractions of --epochs, may be 1/3); empty: the variant's.",
+    )
+    floating(
+        "ema_decay",
+        0.999,
+        "EMA ceiling alpha of d = min(alpha, (k+1)/(k+10)); 0 disables averaging.",
+    )
+    string(
+        "communication_start",
+        "0.625",
+        "First redistribution epoch as a fraction of --epochs (official 75/120).",
+    )
     integer("communication_period", 5, "Redistribute in epochs e >= start with e % period == 0.")
     string("communication_mode", "every_batch", "every_batch (official), once_per_period, or none.")
     floating("trades_beta", 6.0, "TRADES robustness weight.")
     # Optimisation.
     integer("epochs", 120, "Number of epochs.")
     integer("batch_size", 128, "Global batch size (split across replicas).")
-    string("learning_rate", "0:0.01,1/3:0.01,2/3:0.001,1:0.0001", "Piecewise-linear learning rate 'frac:lr,...' in fractions of --epochs, at the integer epoch.")
+    string(
+        "learning_rate",
+        "0:0.01,1/3:0.01,2/3:0.001,1:0.0001",
+        "Piecewise-linear learning rate 'frac:lr,...' in fractions of --epochs, at the integer epoch.",
+    )
     floating("momentum", 0.9, "SGD momentum (PyTorch form).")
     floating("natural_weight_decay", 5e-4, "Coupled L2 of the natural learner.")
-    floating("robust_weight_decay", 3.5e-3, "Coupled L2 of every adversarial learner (ResNet-18: 3.5e-3, WRN: 7e-4).")
+    floating(
+        "robust_weight_decay",
+        3.5e-3,
+        "Coupled L2 of every adversarial learner (ResNet-18: 3.5e-3, WRN: 7e-4).",
+    )
     # Training attacks.
     string("epsilon", "8/255", "l_inf training radius (images in [0, 1]; ratios allowed).")
     string("step_size", "2/255", "l_inf training PGD step.")
@@ -63,16 +103,62 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     string("l2_step_size", "0.125", "l_2 training PGD step.")
     integer("l2_num_steps", 10, "l_2 training PGD steps (exact).")
     # Evaluation.
-    string("eval_epsilon_linf", "", "l_inf evaluation radius; empty: per dataset (8/255 CIFAR/SVHN, 0.3 MNIST and digits).")
-    string("eval_epsilon_l2", "", "l_2 evaluation radius; empty: per dataset (0.5 CIFAR/SVHN, 2.0 MNIST, 1.0 digits).")
-    integer("eval_num_steps", 20, "Steps of the l_inf PGD of validation and the final table (exact; step eps/4).")
+    string(
+        "eval_epsilon_linf",
+        "",
+        "l_inf evaluation radius; empty: per dataset (8/255 CIFAR/SVHN, 0.3 MNIST and digits).",
+    )
+    string(
+        "eval_epsilon_l2",
+        "",
+        "l_2 evaluation radius; empty: per dataset (0.5 CIFAR/SVHN, 2.0 MNIST, 1.0 digits).",
+    )
+    integer(
+        "eval_num_steps",
+        20,
+        "Steps of the l_inf PGD of validation and the final table (exact; step eps/4).",
+    )
     integer("eval_batch_size", 256, "Evaluation batch size.")
     integer("eval_examples", 0, "Evaluate a seeded subset of this many test examples (0: all).")
-    string("select_metric", "val_global/pgd_accuracy", "Validation metric that selects the exported G (never the test split).")
+    string(
+        "select_metric",
+        "val_global/pgd_accuracy",
+        "Validation metric that selects the exported G (never the test split).",
+    )
     # Checkpoints.
     integer("keep_checkpoints", 3, "Number of checkpoints kept.")
     # Devices and speed.
-    integer("num_cpu_replicas", 1, "Split the CPU into N logical devices (N-replica MirroredStrategy without a GPU).")
-    string("jit_compile", "auto", "XLA for attacks: auto (XLA on GPU/TPU, graph mode on CPU), true, false.")
-    string("precision", "fp32", "fp32, bf16 or fp16 compute (attack gradients and mixing stay float32).")
+    integer(
+        "num_cpu_replicas",
+        1,
+        "Split the CPU into N logical devices (N-replica MirroredStrategy without a GPU).",
+    )
+    string(
+        "jit_compile",
+        "auto",
+        "XLA for attacks: auto (XLA on GPU/TPU, graph mode on CPU), true, false.",
+    )
+    string(
+        "precision",
+        "fp32",
+        "fp32, bf16 or fp16 compute (attack gradients and mixing stay float32).",
+    )
     string("tpu", None, "TPU address: selects TPUStrategy (documented, untested here).")
+
+
+def flag_names() -> list[str]:
+    """Names of the flags `define_flags` defines (absl's own flags excluded)."""
+    values = flags.FlagValues()
+    define_flags(values)
+    return sorted(values)
+
+
+def write_flags(flag_values: flags.FlagValues, path: str) -> None:
+    """Writes the resolved value of every generalist_tf flag, one `--name=value` per line.
+
+    The file is a flagfile: `--flagfile=<path>` repeats the run (convention: provenance).
+    """
+    lines = [flag_values[name].serialize() for name in flag_names()]
+    with open(path, "w") as f:
+        f.write("# Resolved flags of this run; repeat it with --flagfile=<this file>.\n")
+        f.write("\n".join(line for line in lines if line) + "\n")

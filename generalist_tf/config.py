@@ -84,7 +84,9 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _budget(values, prefix: str, *, epsilon_flag: str, norm: str, linf_images: bool) -> learners.Attack:
+def _budget(
+    values, prefix: str, *, epsilon_flag: str, norm: str, linf_images: bool
+) -> learners.Attack:
     """An attack budget from `--<prefix>epsilon`, `--<prefix>step_size`, `--<prefix>num_steps`."""
     epsilon = _fraction(values, epsilon_flag)
     step_flag, steps_flag = f"{prefix}step_size", f"{prefix}num_steps"
@@ -95,7 +97,10 @@ def _budget(values, prefix: str, *, epsilon_flag: str, norm: str, linf_images: b
         0 < epsilon <= upper,
         f"--{epsilon_flag} must be in (0, {upper:g}] for images in [0, 1], got {values[epsilon_flag]}",
     )
-    _require(0 < step_size <= epsilon, f"--{step_flag} must be in (0, --{epsilon_flag}={epsilon:g}], got {values[step_flag]}")
+    _require(
+        0 < step_size <= epsilon,
+        f"--{step_flag} must be in (0, --{epsilon_flag}={epsilon:g}], got {values[step_flag]}",
+    )
     _require(num_steps >= 1, f"--{steps_flag} must be >= 1, got {num_steps}")
     return learners.Attack(norm, epsilon, step_size, num_steps)
 
@@ -111,47 +116,88 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     _require(bool(v["workdir"]), "--workdir is required")
     _require(data.is_known_dataset(v["dataset"]), _unknown_dataset(v["dataset"]))
     if v["mode"] == "train":
-        _require(v["model"] in models.MODELS, f"--model={v['model']!r} is unknown; choose one of {', '.join(models.MODELS)}")
+        _require(
+            v["model"] in models.MODELS,
+            f"--model={v['model']!r} is unknown; choose one of {', '.join(models.MODELS)}",
+        )
     for flag in ("epochs", "batch_size", "eval_batch_size"):
         _require(v[flag] >= 1, f"--{flag} must be >= 1, got {v[flag]}")
-    _require(v["num_cpu_replicas"] >= 1, f"--num_cpu_replicas must be >= 1, got {v['num_cpu_replicas']}")
-    _require(v["jit_compile"] in attacks.JIT_POLICIES, f"--jit_compile must be one of {attacks.JIT_POLICIES}, got {v['jit_compile']!r}")
-    _require(v["precision"] in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {v['precision']!r}")
+    _require(
+        v["num_cpu_replicas"] >= 1, f"--num_cpu_replicas must be >= 1, got {v['num_cpu_replicas']}"
+    )
+    _require(
+        v["jit_compile"] in attacks.JIT_POLICIES,
+        f"--jit_compile must be one of {attacks.JIT_POLICIES}, got {v['jit_compile']!r}",
+    )
+    _require(
+        v["precision"] in PRECISIONS,
+        f"--precision must be one of {PRECISIONS}, got {v['precision']!r}",
+    )
     _require(0 <= v["ema_decay"] < 1, f"--ema_decay must be in [0, 1), got {v['ema_decay']}")
     _require(0 <= v["momentum"] < 1, f"--momentum must be in [0, 1), got {v['momentum']}")
     for flag in ("natural_weight_decay", "robust_weight_decay", "trades_beta"):
         _require(v[flag] >= 0, f"--{flag} must be >= 0, got {v[flag]}")
-    _require(v["keep_checkpoints"] >= 1, f"--keep_checkpoints must be >= 1, got {v['keep_checkpoints']}")
-    _require(v["eval_examples"] >= 0, f"--eval_examples must be >= 0 (0: all), got {v['eval_examples']}")
+    _require(
+        v["keep_checkpoints"] >= 1, f"--keep_checkpoints must be >= 1, got {v['keep_checkpoints']}"
+    )
+    _require(
+        v["eval_examples"] >= 0, f"--eval_examples must be >= 0 (0: all), got {v['eval_examples']}"
+    )
 
     # Variant: a preset, or `custom` with explicit learners and mixing.
     variant = v["variant"]
     if variant == variants.CUSTOM:
         names = tuple(n.strip() for n in v["learners"].split(",") if n.strip())
         _require(bool(names), "--variant=custom needs --learners, e.g. --learners=natural,linf_pgd")
-        _require(bool(v["mixing"]), "--variant=custom needs --mixing, e.g. --mixing='natural=0:0,1:0.5;linf_pgd=0:1,1:0.5'")
+        _require(
+            bool(v["mixing"]),
+            "--variant=custom needs --mixing, e.g. --mixing='natural=0:0,1:0.5;linf_pgd=0:1,1:0.5'",
+        )
         communicate = len(names) > 1
     else:
         choices = ", ".join(list(variants.VARIANTS) + [variants.CUSTOM])
-        _require(variant in variants.VARIANTS, f"--variant={variant!r} is unknown; choose one of {choices}")
-        _require(not v["learners"], f"--learners is only read with --variant=custom, got --learners={v['learners']!r} with --variant={variant}")
+        _require(
+            variant in variants.VARIANTS,
+            f"--variant={variant!r} is unknown; choose one of {choices}",
+        )
+        _require(
+            not v["learners"],
+            f"--learners is only read with --variant=custom, got --learners={v['learners']!r} with --variant={variant}",
+        )
         preset = variants.VARIANTS[variant]
         names, communicate = preset.learners, preset.communicate
         if not v["mixing"]:
             v["mixing"] = preset.mixing
     for name in names:
-        _require(name in learners.LEARNERS, f"--learners: {name!r} is unknown; choose from {', '.join(learners.LEARNERS)}")
-    _require(len(set(names)) == len(names), f"--learners must not repeat a learner, got {','.join(names)}")
+        _require(
+            name in learners.LEARNERS,
+            f"--learners: {name!r} is unknown; choose from {', '.join(learners.LEARNERS)}",
+        )
+    _require(
+        len(set(names)) == len(names),
+        f"--learners must not repeat a learner, got {','.join(names)}",
+    )
     mixing = schedules.parse_mixing(v["mixing"])
     schedules.check_mixing(mixing, names, v["epochs"], flag="--mixing")
 
     communication = None
     if communicate and v["communication_mode"] != "none":
-        _require(v["communication_mode"] in COMMUNICATION_MODES, f"--communication_mode must be one of {COMMUNICATION_MODES}, got {v['communication_mode']!r}")
+        _require(
+            v["communication_mode"] in COMMUNICATION_MODES,
+            f"--communication_mode must be one of {COMMUNICATION_MODES}, got {v['communication_mode']!r}",
+        )
         start = _fraction(v, "communication_start")
-        _require(0 <= start <= 1, f"--communication_start is a fraction of --epochs in [0, 1], got {v['communication_start']}")
-        _require(v["communication_period"] >= 1, f"--communication_period must be >= 1 epoch, got {v['communication_period']}")
-        communication = schedules.Communication(start, v["communication_period"], v["communication_mode"])
+        _require(
+            0 <= start <= 1,
+            f"--communication_start is a fraction of --epochs in [0, 1], got {v['communication_start']}",
+        )
+        _require(
+            v["communication_period"] >= 1,
+            f"--communication_period must be >= 1 epoch, got {v['communication_period']}",
+        )
+        communication = schedules.Communication(
+            start, v["communication_period"], v["communication_mode"]
+        )
         first = communication.start_epoch(v["epochs"])
         period = communication.period
         first_communicating = -(-first // period) * period
@@ -162,26 +208,42 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         )
 
     lr = schedules.parse_points(v["learning_rate"], flag="--learning_rate")
-    _require(all(value > 0 for _, value in lr.points), f"--learning_rate values must be > 0, got {v['learning_rate']}")
+    _require(
+        all(value > 0 for _, value in lr.points),
+        f"--learning_rate values must be > 0, got {v['learning_rate']}",
+    )
 
     adversarial = v["mode"] == "train" and any(n != "natural" for n in names)
     if adversarial:
         linf_attack = _budget(v, "", epsilon_flag="epsilon", norm="linf", linf_images=True)
         l2_attack = _budget(v, "l2_", epsilon_flag="l2_epsilon", norm="l2", linf_images=False)
     else:  # Not used for training; kept valid for the record.
-        linf_attack = learners.Attack("linf", _fraction(v, "epsilon"), _fraction(v, "step_size"), max(1, v["num_steps"]))
-        l2_attack = learners.Attack("l2", _fraction(v, "l2_epsilon"), _fraction(v, "l2_step_size"), max(1, v["l2_num_steps"]))
+        linf_attack = learners.Attack(
+            "linf", _fraction(v, "epsilon"), _fraction(v, "step_size"), max(1, v["num_steps"])
+        )
+        l2_attack = learners.Attack(
+            "l2",
+            _fraction(v, "l2_epsilon"),
+            _fraction(v, "l2_step_size"),
+            max(1, v["l2_num_steps"]),
+        )
 
-    default_linf, default_l2 = _EVAL_EPSILONS.get(v["dataset"], (linf_attack.epsilon, l2_attack.epsilon))
+    default_linf, default_l2 = _EVAL_EPSILONS.get(
+        v["dataset"], (linf_attack.epsilon, l2_attack.epsilon)
+    )
     eval_linf = _fraction(v, "eval_epsilon_linf") if str(v["eval_epsilon_linf"]) else default_linf
     eval_l2 = _fraction(v, "eval_epsilon_l2") if str(v["eval_epsilon_l2"]) else default_l2
-    _require(0 < eval_linf <= 1, f"--eval_epsilon_linf must be in (0, 1], got {v['eval_epsilon_linf']}")
+    _require(
+        0 < eval_linf <= 1, f"--eval_epsilon_linf must be in (0, 1], got {v['eval_epsilon_linf']}"
+    )
     _require(eval_l2 > 0, f"--eval_epsilon_l2 must be > 0, got {v['eval_epsilon_l2']}")
     _require(v["eval_num_steps"] >= 1, f"--eval_num_steps must be >= 1, got {v['eval_num_steps']}")
     # PGD evaluation step: eps/4 (2/255 at 8/255, the protocol's setting).
     eval_attack = learners.Attack("linf", eval_linf, eval_linf / 4, v["eval_num_steps"])
 
-    model_kwargs = {"depth": v["wrn_depth"], "width": v["wrn_width"]} if v["model"] == "wide_resnet" else {}
+    model_kwargs = (
+        {"depth": v["wrn_depth"], "width": v["wrn_width"]} if v["model"] == "wide_resnet" else {}
+    )
     return Config(
         workdir=v["workdir"],
         mode=v["mode"],

@@ -162,7 +162,9 @@ def _check_images(path: str, key: str, x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return x
     if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{path}: {key} must be uint8 in [0, 255] or float in [0, 1], got {x.dtype}")
+        raise DataError(
+            f"{path}: {key} must be uint8 in [0, 255] or float in [0, 1], got {x.dtype}"
+        )
     lo, hi = float(np.min(x)), float(np.max(x))
     if lo < 0.0 or hi > 1.0 or not np.isfinite(lo + hi):
         raise DataError(f"{path}: float {key} must lie in [0, 1], got values in [{lo}, {hi}]")

@@ -1,9 +1,9 @@
 """Choosing the `tf.distribute` strategy: multi-worker, TPU, GPUs or (logical) CPUs.
 
-  * `TF_CONFIG` in the environment: `MultiWorkerMirroredStrategy` (one process per worker).
-  * `--tpu=ADDRESS`: `TPUStrategy` (documented, not tested on this project's CPU machines).
-  * otherwise `MirroredStrategy` over the local GPUs, or over `--num_cpu_replicas` logical CPU
-    devices when there is no GPU (how the tests get a real 2-replica strategy on one CPU).
+* `TF_CONFIG` in the environment: `MultiWorkerMirroredStrategy` (one process per worker).
+* `--tpu=ADDRESS`: `TPUStrategy` (documented, not tested on this project's CPU machines).
+* otherwise `MirroredStrategy` over the local GPUs, or over `--num_cpu_replicas` logical CPU
+  devices when there is no GPU (how the tests get a real 2-replica strategy on one CPU).
 """
 
 from __future__ import annotations
@@ -68,5 +68,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver is None or not is_multi_worker():
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in
-                                    json.loads(os.environ["TF_CONFIG"]).get("cluster", {}))
+    return task_type == "chief" or (
+        task_type == "worker"
+        and task_id == 0
+        and "chief" not in json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    )

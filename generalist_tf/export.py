@@ -69,7 +69,9 @@ def load_serving(path: str):
     try:
         loaded = tf.saved_model.load(path)
     except (OSError, IOError, ValueError) as e:
-        raise ValueError(f"--model={path}: not a readable SavedModel ({type(e).__name__})") from None
+        raise ValueError(
+            f"--model={path}: not a readable SavedModel ({type(e).__name__})"
+        ) from None
     signatures = getattr(loaded, "signatures", {})
     if SIGNATURE not in signatures:
         raise ValueError(f"--model={path}: SavedModel has no {SIGNATURE!r} signature")
@@ -82,4 +84,6 @@ def load_serving(path: str):
         )
     input_name = next(iter(inputs))
     output_name = next(iter(serve.structured_outputs))
-    return lambda images: serve(**{input_name: tf.convert_to_tensor(images, tf.float32)})[output_name]
+    return lambda images: serve(**{input_name: tf.convert_to_tensor(images, tf.float32)})[
+        output_name
+    ]

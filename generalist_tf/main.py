@@ -50,7 +50,7 @@ def main(argv):
     except ValueError as e:
         _fail(str(e))
     _prepare_workdir(config.workdir)
-    FLAGS.append_flags_into_file(os.path.join(config.workdir, FLAGS_RECORD))
+    cli.write_flags(FLAGS, os.path.join(config.workdir, FLAGS_RECORD))
 
     from generalist_tf import callbacks, data, train
 

@@ -18,10 +18,13 @@ from keras import layers
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
+
 def _kernel_initializer():
     # PyTorch's default Conv2d / Linear initialisation (kaiming_uniform with a=sqrt(5)) is a
     # uniform fan-in scaling with scale 1/3; using it keeps our runs comparable with the paper's.
-    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )
 
 
 def _bn(name: str | None = None):
@@ -132,8 +135,12 @@ def small_cnn(input_shape, num_classes, *, mean=None, std=None) -> keras.Model:
     inputs = keras.Input(input_shape)
     x = _stem(inputs, mean, std)
     for filters in (32, 64):
-        x = layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_kernel_initializer())(x)
-        x = layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_kernel_initializer())(x)
+        x = layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_kernel_initializer())(
+            x
+        )
+        x = layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_kernel_initializer())(
+            x
+        )
         x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
     x = _dense(200, "relu")(x)

@@ -28,7 +28,9 @@ class PiecewiseLinear:
     def __post_init__(self):
         fracs = [f for f, _ in self.points]
         if not self.points or any(b <= a for a, b in zip(fracs, fracs[1:])):
-            raise ValueError(f"schedule points need strictly increasing fractions, got {self.points}")
+            raise ValueError(
+                f"schedule points need strictly increasing fractions, got {self.points}"
+            )
         if fracs[0] < 0 or fracs[-1] > 1:
             raise ValueError(f"schedule fractions must lie in [0, 1], got {fracs}")
 
@@ -38,7 +40,7 @@ class PiecewiseLinear:
         (f0, v0) = self.points[0]
         if t <= f0:
             return v0
-        for (f1, v1) in self.points[1:]:
+        for f1, v1 in self.points[1:]:
             if t <= f1:
                 return v0 + (v1 - v0) * (t - f0) / (f1 - f0)
             f0, v0 = f1, v1
@@ -96,7 +98,9 @@ def mixing_weights(
     return [schedules[name](epoch, epochs) for name in names]
 
 
-def check_mixing(schedules: dict[str, PiecewiseLinear], names: Sequence[str], epochs: int, *, flag: str):
+def check_mixing(
+    schedules: dict[str, PiecewiseLinear], names: Sequence[str], epochs: int, *, flag: str
+):
     """Raises ValueError unless the learners' weights are >= 0 and sum to 1 at every epoch."""
     if set(schedules) != set(names):
         raise ValueError(

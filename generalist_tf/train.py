@@ -11,7 +11,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from generalist_tf import (
@@ -115,7 +114,9 @@ def _format_table(test: dict, config: Config, best_epoch: int) -> str:
         clean = test[f"{prefix}/clean_accuracy"]
         robust = test[f"{prefix}/pgd_accuracy"]
         rows.append(f"{label:<28}{100 * clean:>9.2f}%{100 * robust:>25.2f}%")
-    rows.append(f"(exported G = best {config.select_metric} on the validation split, epoch {best_epoch})")
+    rows.append(
+        f"(exported G = best {config.select_metric} on the validation split, epoch {best_epoch})"
+    )
     return "\n".join(rows)
 
 
@@ -137,7 +138,9 @@ def train(config: Config) -> dict:
     """
     strategy = distribute.make_strategy(num_cpu_replicas=config.num_cpu_replicas, tpu=config.tpu)
     chief = distribute.is_chief(strategy)
-    logging.info("strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
+    logging.info(
+        "strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync
+    )
     arrays = data.load(config.dataset, data_dir=config.data_dir)
     steps_per_epoch = len(arrays.x_train) // config.batch_size
     if steps_per_epoch == 0:
@@ -164,9 +167,7 @@ def train(config: Config) -> dict:
         callbacks.NaNGuard(),
     ]
     if chief:
-        fit_callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(config.workdir, TENSORBOARD))
-        )
+        fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.workdir, TENSORBOARD)))
     if initial_epoch < config.epochs:
         model.fit(
             train_data,
@@ -189,9 +190,7 @@ def train(config: Config) -> dict:
         seed=config.seed,
     )
     test = {k: float(v) for k, v in model.evaluate(test_data, return_dict=True, verbose=0).items()}
-    validation = {
-        k: float(v) for k, v in model.evaluate(val, return_dict=True, verbose=0).items()
-    }
+    validation = {k: float(v) for k, v in model.evaluate(val, return_dict=True, verbose=0).items()}
     test["networks"] = _labels(model, best_epoch)
     results = {
         "dataset": config.dataset,
@@ -216,8 +215,12 @@ def train(config: Config) -> dict:
         },
     }
     if chief:
-        export.export_saved_model(model.best_network, build_network, os.path.join(config.workdir, EXPORT_BEST))
-        export.export_saved_model(model.global_network, build_network, os.path.join(config.workdir, EXPORT_LAST))
+        export.export_saved_model(
+            model.best_network, build_network, os.path.join(config.workdir, EXPORT_BEST)
+        )
+        export.export_saved_model(
+            model.global_network, build_network, os.path.join(config.workdir, EXPORT_LAST)
+        )
         with open(os.path.join(config.workdir, RESULTS), "w") as f:
             json.dump(results, f, indent=2)
     results["table"] = _format_table(test, config, best_epoch)

@@ -7,7 +7,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
 
 from generalist_tf import distribute  # noqa: E402
 

@@ -1,0 +1,31 @@
+"""Shared helpers of the training tests: configs from flagfiles, tiny runs."""
+
+import os
+
+from absl import flags
+
+from generalist_tf import cli, config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS_DIR = os.path.join(ROOT, "flags")
+
+
+def parse_flags(*args: str) -> flags.FlagValues:
+    """A fresh FlagValues with every generalist_tf flag, parsed from `args`."""
+    values = flags.FlagValues()
+    cli.define_flags(values)
+    # Nested `--flagfile=flags/...` lines are relative to the repository root, as documented.
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        values(["generalist_tf", *args])
+    finally:
+        os.chdir(cwd)
+    return values
+
+
+def config_from(flagfile: str, **overrides) -> config.Config:
+    """The validated Config of `flags/<flagfile>` with `--name=value` overrides."""
+    args = [f"--flagfile={os.path.join(FLAGS_DIR, flagfile)}"]
+    args += [f"--{k}={v}" for k, v in overrides.items()]
+    return config.from_flags(parse_flags(*args).flag_values_dict())

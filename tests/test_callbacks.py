@@ -1,0 +1,212 @@
+"""The Generalist callback on known weights: EMA, interpolation, exact 0/1, redistribution."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from generalist_tf import callbacks, generalist, learners, mixing, optimizers, schedules
+
+SHAPE, CLASSES = (2, 2, 1), 3
+TASKS = ("natural", "linf_pgd", "l2_pgd")
+
+
+def bn_network():
+    """Dense + BatchNorm: the mixing must carry BN moving statistics too."""
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Dense(CLASSES)(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(x))
+
+
+def build_model(alpha=0.999):
+    attack = learners.Attack("linf", 0.1, 0.05, 1)
+    base = []
+    for task in TASKS:
+        learner = learners.LEARNERS[task](bn_network(), bn_network(), attack=attack)
+        learner.compile(optimizer=optimizers.CoupledSGD(0.1, momentum=0.9))
+        learner.optimizer.build(learner.network.trainable_variables)
+        base.append(learner)
+    return generalist.Generalist(
+        base, bn_network(), bn_network(), eval_attack=attack, ema_alpha=alpha
+    )
+
+
+def set_known_weights(model, rng):
+    """Distinct random values in every floating weight of every network (BN stats included)."""
+    networks = [model.global_network] + [
+        n for learner in model.learners for n in (learner.network, learner.ema_network)
+    ]
+    for network in networks:
+        for w in mixing.mixable_weights(network):
+            w.assign(rng.normal(size=w.shape).astype(np.float32) + 2.0)
+
+
+def values(network):
+    return [w.numpy() for w in mixing.mixable_weights(network)]
+
+
+def constant(value):
+    return schedules.PiecewiseLinear(((0.0, value), (1.0, value)))
+
+
+def test_mixable_weights_include_batchnorm_statistics():
+    names = [w.path for w in mixing.mixable_weights(bn_network())]
+    assert any("moving_mean" in n for n in names) and any("moving_variance" in n for n in names)
+
+
+@pytest.mark.parametrize("count", [0, 5, 10_000])
+def test_ema_and_three_learner_interpolation(count):
+    rng = np.random.default_rng(count)
+    model = build_model()
+    set_known_weights(model, rng)
+    model.ema_updates.assign(count)
+    coefficients = [0.2, 0.3, 0.5]
+    theta = [values(learner.network) for learner in model.learners]
+    ema = [values(learner.ema_network) for learner in model.learners]
+    g = values(model.global_network)
+    model.update_global(coefficients)
+    d = min(0.999, (count + 1) / (count + 10))
+    for i, learner in enumerate(model.learners):
+        expected = [d * e + (1 - d) * t for e, t in zip(ema[i], theta[i])]
+        for got, want in zip(values(learner.ema_network), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+    new_ema = [[d * e + (1 - d) * t for e, t in zip(ema[i], theta[i])] for i in range(3)]
+    mixed = [sum(c * new_ema[i][j] for i, c in enumerate(coefficients)) for j in range(len(g))]
+    for got, want, old in zip(values(model.global_network), mixed, g):
+        np.testing.assert_allclose(got, d * old + (1 - d) * want, rtol=1e-5)
+    assert int(model.ema_updates.numpy()) == count + 1
+    # The learners themselves are untouched by mixing.
+    for learner, old in zip(model.learners, theta):
+        for got, want in zip(values(learner.network), old):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("one", [0, 1, 2])
+def test_weights_zero_and_one_are_exact(one):
+    """w = (0, .., 1, .., 0): G follows learner `one` bit for bit (official truthiness bug)."""
+    rng = np.random.default_rng(one)
+    model = build_model(alpha=0.0)  # d = 0: G becomes exactly the mix of the EMAs
+    set_known_weights(model, rng)
+    coefficients = [0.0, 0.0, 0.0]
+    coefficients[one] = 1.0
+    model.update_global(coefficients)
+    # With alpha = 0 every EMA equals its learner, and G equals the chosen learner exactly.
+    for got, want in zip(values(model.global_network), values(model.learners[one].network)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_redistribution_copies_g_including_bn_and_keeps_momentum():
+    rng = np.random.default_rng(3)
+    model = build_model()
+    set_known_weights(model, rng)
+    for learner in model.learners:
+        for m in learner.optimizer.momentums:
+            m.assign(np.full(m.shape, 0.5, np.float32))
+    model.redistribute()
+    g = values(model.global_network)
+    for learner in model.learners:
+        for got, want in zip(values(learner.network), g):
+            np.testing.assert_array_equal(got, want)
+        for m in learner.optimizer.momentums:
+            np.testing.assert_array_equal(m.numpy(), 0.5)
+
+
+class _Spy:
+    """Records on which (1-indexed epoch, batch) `redistribute` runs."""
+
+    def __init__(self, model):
+        self.calls, self.epoch, self.batch = [], 0, 0
+        original = model.redistribute
+
+        def spy():
+            self.calls.append((self.epoch, self.batch))
+            original()
+
+        model.redistribute = spy
+
+
+@pytest.mark.parametrize("mode", ["every_batch", "once_per_period"])
+def test_redistribution_happens_exactly_in_communication_epochs(mode):
+    epochs, steps = 10, 3
+    model = build_model()
+    spy = _Spy(model)
+    mix = {t: constant(1 / 3) for t in TASKS}
+    comm = schedules.Communication(start=0.5, period=2, mode=mode)
+    cb = callbacks.GeneralistCallback(mix, comm, epochs)
+    cb.set_model(model)
+    for epoch in range(epochs):
+        spy.epoch = epoch + 1
+        cb.on_epoch_begin(epoch)
+        for batch in range(steps):
+            spy.batch = batch + 1
+            cb.on_train_batch_end(batch)
+        spy.batch = "end"
+        logs = {}
+        cb.on_epoch_end(epoch, logs)
+        assert logs["communication/redistributions"] == len(
+            [c for c in spy.calls if c[0] == epoch + 1]
+        )
+    # start = 0.5 * 10 = epoch 5; period 2: epochs 6, 8, 10.
+    if mode == "every_batch":
+        expected = [(e, b) for e in (6, 8, 10) for b in range(1, steps + 1)]
+    else:
+        expected = [(e, "end") for e in (6, 8, 10)]
+    assert spy.calls == expected
+    assert int(model.ema_updates.numpy()) == epochs * steps
+
+
+def test_callback_logs_schedule_values():
+    epochs = 6
+    model = build_model()
+    mix = schedules.parse_mixing(
+        "natural=0:0,2/3:0,1:0.6;linf_pgd=0:0.5,2/3:0.5,1:0.2;l2_pgd=0:0.5,2/3:0.5,1:0.2"
+    )
+    cb = callbacks.GeneralistCallback(mix, schedules.Communication(1.0, 6), epochs)
+    cb.set_model(model)
+    logs = {}
+    cb.on_epoch_begin(4)  # epoch 5 of 6: t = 5/6, halfway from 2/3 to 1
+    cb.on_epoch_end(4, logs)
+    assert logs["mixing/natural"] == pytest.approx(0.3)
+    assert logs["mixing/linf_pgd"] == pytest.approx(0.35)
+    assert logs["learning_rate"] == pytest.approx(0.1)
+
+
+def test_best_global_callback_keeps_best_validation_epoch():
+    model = build_model()
+    cb = callbacks.BestGlobalCallback("val_global/pgd_accuracy")
+    cb.set_model(model)
+    rng = np.random.default_rng(0)
+    snapshots = {}
+    for epoch, score in enumerate([0.2, 0.5, 0.4, 0.5]):
+        set_known_weights(model, rng)
+        snapshots[epoch + 1] = values(model.global_network)
+        cb.on_epoch_end(epoch, {"val_global/pgd_accuracy": score})
+    assert int(model.best_epoch.numpy()) == 2  # ties keep the earlier epoch
+    for got, want in zip(values(model.best_network), snapshots[2]):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="select_metric"):
+        cb.on_epoch_end(5, {"val_other": 1.0})
+
+
+def test_nan_guard_names_the_loss_and_step():
+    guard = callbacks.NaNGuard()
+    guard.on_epoch_begin(2)
+    guard.on_train_batch_end(0, {"natural/loss": 1.0})
+    with pytest.raises(
+        callbacks.TrainingDivergedError, match=r"linf_pgd/loss is nan at epoch 3 step 4"
+    ):
+        guard.on_train_batch_end(3, {"linf_pgd/loss": float("nan")})
+
+
+def test_mixing_under_two_replicas_keeps_replicas_identical():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = build_model()
+    set_known_weights(model, np.random.default_rng(7))
+    model.update_global([0.2, 0.3, 0.5])
+    model.redistribute()
+    for network in [model.global_network] + [learner.network for learner in model.learners]:
+        for w in mixing.mixable_weights(network):
+            replicas = strategy.experimental_local_results(w.value)
+            assert len(replicas) == 2
+            np.testing.assert_array_equal(replicas[0].numpy(), replicas[1].numpy())

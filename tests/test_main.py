@@ -1,0 +1,160 @@
+"""End to end through `python -m generalist_tf.main`: smoke run, outputs, flagfiles, bad flags."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from generalist_tf import checkpoints, config, data, models
+from tests.helpers_train import FLAGS_DIR, ROOT, config_from, parse_flags
+
+
+def run_main(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "generalist_tf.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("smoke"))
+    result = run_main("--flagfile=flags/smoke.cfg", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def scalar_tags(directory):
+    tags = set()
+    for run in glob.glob(os.path.join(directory, "*")):
+        acc = event_accumulator.EventAccumulator(run, size_guidance={"tensors": 0, "scalars": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["tensors"])
+    return tags
+
+
+def test_smoke_run_writes_tensorboard_scalars(smoke_run):
+    workdir, _ = smoke_run
+    tags = scalar_tags(os.path.join(workdir, "tensorboard"))
+    for name in [
+        "epoch_natural/loss",
+        "epoch_linf_pgd/loss",
+        "epoch_linf_pgd/adv_accuracy",
+        "epoch_global/clean_accuracy",
+        "epoch_global/pgd_accuracy",
+        "epoch_global/loss",
+        "epoch_natural_ema/pgd_accuracy",
+        "epoch_linf_pgd_ema/clean_accuracy",
+        "epoch_learning_rate",
+        "epoch_mixing/natural",
+        "epoch_mixing/linf_pgd",
+        "epoch_communication/redistributions",
+    ]:
+        assert name in tags, f"{name} missing from {sorted(tags)}"
+
+
+def test_smoke_export_reproduces_g(smoke_run):
+    workdir, _ = smoke_run
+    arrays = data.load("digits")
+    x = arrays.x_test[:64]
+    # G of the last epoch, restored from the run's own last checkpoint.
+    network = models.build("digits_cnn", arrays.image_shape, arrays.num_classes)
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, checkpoints.CHECKPOINTS))
+    tf.train.Checkpoint(**{"global": network}).restore(latest).expect_partial()
+    expected = network(x, training=False).numpy()
+    loaded = tf.saved_model.load(os.path.join(workdir, "export_last"))
+    got = loaded.signatures["serving_default"](images=tf.constant(x))["logits"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    best = tf.saved_model.load(os.path.join(workdir, "export"))
+    logits = best.signatures["serving_default"](images=tf.constant(arrays.x_test))["logits"]
+    assert logits.shape == (len(arrays.x_test), 10)
+
+
+def test_smoke_results_and_table(smoke_run):
+    workdir, result = smoke_run
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    assert 1 <= results["best_epoch"] <= 3
+    assert results["eval_attack"]["num_steps"] == 5
+    for prefix in ("best", "global", "natural_ema", "linf_pgd_ema"):
+        for metric in ("clean_accuracy", "pgd_accuracy"):
+            assert 0.0 <= results["test"][f"{prefix}/{metric}"] <= 1.0
+            assert f"{prefix}/{metric}" in results["test"]
+    assert "global/pgd_accuracy" in results["validation"]
+    assert "G (exported, epoch" in result.stdout and "PGD-5 linf" in result.stdout
+
+
+def test_smoke_flags_record_reparses_to_the_same_config(smoke_run):
+    workdir, _ = smoke_run
+    recorded = parse_flags(f"--flagfile={os.path.join(workdir, 'flags.cfg')}")
+    original = config_from("smoke.cfg", workdir=workdir)
+    assert config.from_flags(recorded.flag_values_dict()) == original
+
+
+def test_quickstart_with_two_cpu_replicas_exports_a_working_model(tmp_path):
+    result = run_main(
+        "--flagfile=flags/smoke.cfg",
+        f"--workdir={tmp_path}",
+        "--num_cpu_replicas=2",
+        "--epochs=6",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Reloaded without the project: plain TensorFlow, in a fresh process.
+    code = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "from sklearn.datasets import load_digits\n"
+        "d = load_digits(); x = (d.images / 16.0).astype('float32')[..., None]\n"
+        f"m = tf.saved_model.load({str(tmp_path / 'export')!r})\n"
+        "p = m.signatures['serving_default'](images=tf.constant(x))['logits'].numpy().argmax(-1)\n"
+        "print((p == d.target).mean())\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) > 0.7  # well above chance (0.1)
+
+
+@pytest.mark.parametrize(
+    "flagfile", sorted(os.path.basename(p) for p in glob.glob(f"{FLAGS_DIR}/*.cfg"))
+)
+def test_every_flagfile_parses_and_validates(flagfile):
+    cfg = config_from(flagfile, workdir="/tmp/unused")
+    assert cfg.epochs >= 1
+    with open(os.path.join(FLAGS_DIR, flagfile)) as f:
+        lines = [line.rstrip("\n") for line in f]
+    assert lines[0].startswith("# "), "a flagfile opens with its description"
+    assert any(line.startswith("# Command:") for line in lines) or flagfile.endswith("common.cfg")
+    for line in lines:
+        # absl keeps a trailing '# ...' inside the value: comments go on their own lines.
+        assert line.startswith("#") or " #" not in line, line
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epsilon=8"], "--epsilon must be in (0, 1]"),
+        (["--variant=nope"], "--variant='nope' is unknown"),
+        (["--step_size=0.5"], "--step_size must be in (0, --epsilon=0.3]"),
+        (["--model=vgg"], "--model='vgg' is unknown"),
+    ],
+)
+def test_bad_flags_fail_with_one_line(tmp_path, args, message):
+    result = run_main("--flagfile=flags/smoke.cfg", f"--workdir={tmp_path}", *args, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
