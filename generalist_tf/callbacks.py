@@ -34,11 +34,12 @@ class GeneralistCallback(keras.callbacks.Callback):
 
     Args:
       mixing: per-learner weight schedules (`schedules.PiecewiseLinear`), summing to 1.
-      communication: when to redistribute (`schedules.Communication`).
+      communication: when to redistribute (`schedules.Communication`); None never does
+        (single-learner baselines).
       epochs: total number of epochs.
     """
 
-    def __init__(self, mixing, communication: schedules.Communication, epochs: int):
+    def __init__(self, mixing, communication: schedules.Communication | None, epochs: int):
         super().__init__()
         self.mixing = mixing
         self.communication = communication
@@ -52,7 +53,9 @@ class GeneralistCallback(keras.callbacks.Callback):
         self._weights = schedules.mixing_weights(
             self.mixing, self.model.learner_names, e, self.epochs
         )
-        self._communicating = self.communication.is_communication_epoch(e, self.epochs)
+        self._communicating = self.communication is not None and (
+            self.communication.is_communication_epoch(e, self.epochs)
+        )
         self._redistributions = 0
 
     def on_train_batch_end(self, batch, logs=None):

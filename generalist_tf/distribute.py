@@ -18,16 +18,14 @@ def configure_cpu_replicas(num_replicas: int) -> None:
     """Splits the first physical CPU into `num_replicas` logical devices.
 
     Must run before TensorFlow initialises its devices (before the first op). A no-op when the
-    CPU is already split into exactly that many devices.
+    CPU already has at least that many logical devices (the strategy then uses the first N).
 
     Raises:
       ValueError: when the runtime is already initialised with another device layout.
     """
     cpus = tf.config.list_physical_devices("CPU")
     current = tf.config.get_logical_device_configuration(cpus[0])
-    if num_replicas <= 1 and not current:
-        return
-    if current and len(current) == num_replicas:
+    if len(current or [None]) >= num_replicas:
         return
     try:
         tf.config.set_logical_device_configuration(

@@ -158,3 +158,19 @@ def test_bad_flags_fail_with_one_line(tmp_path, args, message):
     lines = [line for line in result.stderr.strip().splitlines() if line]
     assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("variant", ["standard", "pgd_at", "trades", "avg", "max", "msd",
+                                     "generalist_d_multinorm", "generalist_t"])
+def test_every_variant_trains_evaluates_and_exports(tmp_path, variant):
+    from generalist_tf import train
+
+    cfg = config_from(
+        "smoke.cfg", variant=variant, epochs=2, num_steps=2, l2_num_steps=2, eval_num_steps=2,
+        eval_examples=64, workdir=str(tmp_path), verbose=0,
+    )
+    results = train.train(cfg)
+    assert results["learners"] == list(cfg.learners)
+    for name in cfg.learners:
+        assert f"{name}_ema/clean_accuracy" in results["test"]
+    assert os.path.isdir(tmp_path / "export") and os.path.isdir(tmp_path / "export_last")
