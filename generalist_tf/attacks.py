@@ -64,14 +64,39 @@ def ascent_direction(gradient: tf.Tensor, *, norm: str) -> tf.Tensor:
     return gradient / _per_example_norm(gradient)
 
 
-def random_init(x: tf.Tensor, *, norm: str, epsilon: float) -> tf.Tensor:
-    """A random perturbation: uniform in the l_inf cube, or uniform in the l_2 ball."""
+def _uniform(shape, low, high, dtype, seed):
+    if seed is None:
+        return tf.random.uniform(shape, low, high, dtype=dtype)
+    return tf.random.stateless_uniform(shape, seed, low, high, dtype=dtype)
+
+
+def _normal(shape, dtype, seed):
+    if seed is None:
+        return tf.random.normal(shape, dtype=dtype)
+    return tf.random.stateless_normal(shape, seed, dtype=dtype)
+
+
+def random_init(x: tf.Tensor, *, norm: str, epsilon: float, seed=None) -> tf.Tensor:
+    """A random perturbation: uniform in the l_inf cube, or uniform in the l_2 ball.
+
+    Args:
+      seed: None (stateful TF random ops) or a shape-[2] integer tensor: then the perturbation is
+        a pure function of the seed (what makes a resumed training run bit-identical).
+    """
     if norm == "linf":
-        return tf.random.uniform(tf.shape(x), -epsilon, epsilon, dtype=x.dtype)
-    direction = tf.random.normal(tf.shape(x), dtype=x.dtype)
+        return _uniform(tf.shape(x), -epsilon, epsilon, x.dtype, seed)
+    sub = (
+        (None, None)
+        if seed is None
+        else (
+            tf.random.experimental.stateless_fold_in(seed, 1),
+            tf.random.experimental.stateless_fold_in(seed, 2),
+        )
+    )
+    direction = _normal(tf.shape(x), x.dtype, sub[0])
     direction /= _per_example_norm(direction)
     dim = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
-    radius = tf.random.uniform(tf.shape(x)[:1], dtype=x.dtype) ** (1.0 / dim)
+    radius = _uniform(tf.shape(x)[:1], 0.0, 1.0, x.dtype, sub[1]) ** (1.0 / dim)
     return direction * epsilon * tf.reshape(radius, [-1] + [1] * (x.shape.rank - 1))
 
 
@@ -103,10 +128,12 @@ def _check_budget(norm, epsilon, step_size, num_steps):
         raise ValueError(f"step_size must be > 0, got {step_size}")
 
 
-def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss):
+def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss, seed):
     """The PGD iterations; wrapped below in a graph-mode and an XLA `tf.function`."""
     x = tf.convert_to_tensor(x, tf.float32)
-    delta = random_init(x, norm=norm, epsilon=epsilon) if random_start else tf.zeros_like(x)
+    delta = (
+        random_init(x, norm=norm, epsilon=epsilon, seed=seed) if random_start else tf.zeros_like(x)
+    )
     x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)
     for _ in tf.range(num_steps):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -122,13 +149,13 @@ def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss):
     return x_adv
 
 
-def _trades_pgd(model, x, epsilon, step_size, num_steps):
+def _trades_pgd(model, x, epsilon, step_size, num_steps, seed):
     """TRADES inner maximisation (Zhang et al. 2019, Alg. 1): l_inf PGD on KL(f(x) || f(x'))."""
     x = tf.convert_to_tensor(x, tf.float32)
     clean_probs = tf.stop_gradient(tf.nn.softmax(tf.cast(model(x, training=False), tf.float32)))
     # TRADES starts from a tiny Gaussian, not a uniform point of the ball: at x itself the KL
     # and its gradient are exactly zero.
-    x_adv = tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), 0.0, 1.0)
+    x_adv = tf.clip_by_value(x + 0.001 * _normal(tf.shape(x), x.dtype, seed), 0.0, 1.0)
     for _ in tf.range(num_steps):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x_adv)
@@ -190,6 +217,7 @@ def pgd(
     random_start: bool = True,
     loss: str = "ce",
     jit_compile: str | bool = "auto",
+    seed=None,
 ) -> tf.Tensor:
     """Projected gradient ascent on the loss within the `norm` ball around `x`.
 
@@ -206,6 +234,8 @@ def pgd(
       random_start: start from a uniform random point of the ball.
       loss: `ce` (cross-entropy) or `cw` (Carlini-Wagner margin, kappa 50).
       jit_compile: `auto`, `true` or `false` (see `resolve_jit_compile`).
+      seed: None, or a shape-[2] integer tensor making the random start stateless (a pure
+        function of the seed; used by training so that a resumed run is bit-identical).
 
     Returns:
       The adversarial images, float32, same shape as `x`, inside the ball and inside [0, 1],
@@ -228,11 +258,19 @@ def pgd(
         num_steps,
         bool(random_start),
         loss,
+        seed,
     )
 
 
 def trades_pgd(
-    model, x, *, epsilon: float, step_size: float, num_steps: int, jit_compile: str | bool = "auto"
+    model,
+    x,
+    *,
+    epsilon: float,
+    step_size: float,
+    num_steps: int,
+    jit_compile: str | bool = "auto",
+    seed=None,
 ) -> tf.Tensor:
     """The TRADES inner maximisation: l_inf PGD on the KL divergence from the clean prediction.
 
@@ -241,13 +279,14 @@ def trades_pgd(
       x: float32 images in [0, 1].
       epsilon, step_size, num_steps: the l_inf ball, step and exact number of steps.
       jit_compile: compile policy (see `resolve_jit_compile`).
+      seed: None or a shape-[2] integer tensor for a stateless random start (see `pgd`).
 
     Returns:
       Adversarial images inside the l_inf ball and [0, 1], without gradient.
     """
     _check_budget("linf", epsilon, step_size, num_steps)
     compiled = _TRADES_XLA if resolve_jit_compile(jit_compile) else _TRADES_GRAPH
-    return compiled(model, x, float(epsilon), float(step_size), num_steps)
+    return compiled(model, x, float(epsilon), float(step_size), num_steps, seed)
 
 
 def msd(

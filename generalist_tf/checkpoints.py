@@ -1,13 +1,21 @@
-"""Checkpoints that resume a run: every learner, optimizer, EMA, G, best G and counter.
+"""Checkpoints that resume a run exactly: every learner, optimizer, EMA, G, best G and counter.
 
-Each object is tracked explicitly under a stable name (`learner_<task>`, `optimizer_<task>`,
-`network_<task>`, `ema_<task>`, `global`, `best`, ...): `tf.train.Checkpoint(model=parent)`
-alone would follow Keras' tracking, which saves nothing for sub-models held in Python lists.
+Each object is tracked explicitly under a stable name (`network_<task>`, `optimizer_<task>`,
+`ema_<task>`, `global`, `best`, ...): `tf.train.Checkpoint(model=parent)` alone would follow
+Keras' tracking, which saves nothing for sub-models held in Python lists.
+
+A checkpoint is numbered by the global step it was taken after. Saving is a commit: the data
+files are written first, then the `checkpoint` state file is replaced atomically. A crash in
+between leaves the previous checkpoint as the latest, never a half-written one.
+
+The data order (a pure function of seed and step, `data.train_dataset`) and the attacks' random
+starts (stateless, seeded by seed, step and replica) need no state beyond the step.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import keras
@@ -15,6 +23,10 @@ import tensorflow as tf
 from absl import logging
 
 CHECKPOINTS = "checkpoints"
+# Fault injection for the resume tests: "kill_in_save:N" SIGKILLs this process during its N-th
+# save, after the data files are written and before the save is committed; "kill_after_step:N"
+# SIGKILLs it right after global step N (not a checkpoint step in general).
+FAULT_ENV = "GENERALIST_TF_FAULT"
 
 
 def tracked_objects(model) -> dict:
@@ -34,62 +46,119 @@ def tracked_objects(model) -> dict:
 
 
 class Manager:
-    """Saves at the end of every epoch, keeps the last N, restores the latest on start.
+    """Saves every epoch (and every `every_steps` steps), keeps the last N, restores the latest.
 
     Args:
-      config: the run's `Config` (workdir, restart, keep_checkpoints).
+      workdir: the run directory (checkpoints go to `<workdir>/checkpoints`).
       model: the `generalist.Generalist`.
       strategy: the strategy the model was built under.
-      chief: whether this process writes (only the chief writes; other workers write to a
-        scratch directory that is deleted, as multi-worker saving requires every worker to save).
+      keep: number of checkpoints kept.
+      every_steps: also save every this many steps (0: only at epoch ends).
+      restart: move existing checkpoints aside and start over.
+      chief: whether this process writes. Under `MultiWorkerMirroredStrategy` every worker must
+        take part in a save; the others write to a scratch directory that is deleted.
     """
 
-    def __init__(self, config, model, *, strategy, chief: bool = True):
-        self.config = config
+    def __init__(
+        self, workdir, model, *, strategy, keep=3, every_steps=0, restart=False, chief=True
+    ):
+        self.keep = keep
+        self.every_steps = every_steps
+        self.restart = restart
         self.chief = chief
-        with strategy.scope():
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.checkpoint = tf.train.Checkpoint(epoch=self.epoch, **tracked_objects(model))
-        self.directory = os.path.join(config.workdir, CHECKPOINTS)
+        self.directory = os.path.join(workdir, CHECKPOINTS)
         if not chief:
-            self.directory = os.path.join(config.workdir, f".worker-scratch-{os.getpid()}")
-        self.manager = None
+            self.directory = os.path.join(workdir, f".worker-scratch-{os.getpid()}")
+        with strategy.scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(step=self.step, **tracked_objects(model))
+        # `restore` creates the checkpoint's save counter, `write` never does: create it now so
+        # that a written checkpoint matches a restoring one object for object.
+        self.checkpoint.save_counter  # noqa: B018
+        self.saves = 0
 
     def restore_or_initialize(self) -> int:
-        """Restores the latest checkpoint (unless --restart) and returns the epoch to start at."""
-        if self.config.restart and self.chief and os.path.isdir(self.directory):
+        """Restores the latest checkpoint (unless restarting); returns the global step to resume at.
+
+        Raises:
+          ValueError: the latest checkpoint cannot be read or does not match the model.
+        """
+        if self.restart and self.chief and os.path.isdir(self.directory):
             kept = f"{self.directory}.before-restart-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(self.directory, kept)
             logging.warning("--restart: previous checkpoints moved to %s", kept)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self.directory, max_to_keep=self.config.keep_checkpoints
-        )
-        latest = self.manager.latest_checkpoint
+        os.makedirs(self.directory, exist_ok=True)
+        latest = tf.train.latest_checkpoint(self.directory)
         if latest is None:
             return 0
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             raise ValueError(
-                f"checkpoint {latest} cannot be restored ({type(e).__name__}); fix it, or pass "
-                "--restart to start over (old checkpoints are kept aside)"
+                f"checkpoint {latest} cannot be restored ({type(e).__name__}); pass --restart to "
+                "start over (the old checkpoints are kept aside)"
             ) from None
-        logging.info("resumed from %s at epoch %d", latest, int(self.epoch.numpy()))
-        return int(self.epoch.numpy())
+        logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
+        return int(self.step.numpy())
 
-    def save(self, epoch: int) -> None:
-        """Saves the state at the end of 1-indexed `epoch`."""
-        self.epoch.assign(epoch)
-        self.manager.save(checkpoint_number=epoch)
+    def save(self, step: int) -> str:
+        """Saves the state after global `step` and commits it; drops checkpoints beyond `keep`."""
+        self.step.assign(step)
+        path = self.checkpoint.write(os.path.join(self.directory, f"ckpt-{step}"))
+        self.saves += 1
+        _maybe_fault("kill_in_save", self.saves)
+        state = tf.train.get_checkpoint_state(self.directory)
+        previous = list(state.all_model_checkpoint_paths) if state else []
+        paths = [p for p in previous if p != path] + [path]
+        kept, dropped = paths[-self.keep :], paths[: -self.keep]
+        tf.compat.v1.train.update_checkpoint_state(
+            self.directory, path, all_model_checkpoint_paths=kept
+        )
+        for old in dropped:
+            for f in tf.io.gfile.glob(old + ".*"):
+                tf.io.gfile.remove(f)
+        return path
 
-    def callback(self) -> keras.callbacks.Callback:
-        return _SaveEveryEpoch(self)
+    def callback(self, start_step: int) -> keras.callbacks.Callback:
+        """A callback that saves at every epoch end and every `every_steps` steps."""
+        return _Saver(self, start_step)
+
+    def cleanup(self) -> None:
+        """Deletes a non-chief worker's scratch directory."""
+        if not self.chief:
+            tf.io.gfile.rmtree(self.directory) if tf.io.gfile.exists(self.directory) else None
 
 
-class _SaveEveryEpoch(keras.callbacks.Callback):
-    def __init__(self, manager: Manager):
+def _maybe_fault(point: str, count: int) -> None:
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault == f"{point}:{count}":
+        logging.warning("fault injection %s: killing this process", fault)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Saver(keras.callbacks.Callback):
+    """Counts global steps; saves after every `every_steps` steps and after every epoch.
+
+    A step that ends an epoch is saved only in `on_epoch_end`, after validation and the choice of
+    the best G, so a run resumed from it repeats nothing and skips nothing.
+    """
+
+    def __init__(self, manager: Manager, start_step: int):
         super().__init__()
         self.manager = manager
+        self.global_step = start_step
+        self._steps_this_epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._steps_this_epoch = self.params.get("steps") or 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.global_step += 1
+        _maybe_fault("kill_after_step", self.global_step)
+        every = self.manager.every_steps
+        last_of_epoch = batch + 1 == self._steps_this_epoch
+        if every and self.global_step % every == 0 and not last_of_epoch:
+            self.manager.save(self.global_step)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.manager.save(epoch + 1)
+        self.manager.save(self.global_step)

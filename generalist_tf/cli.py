@@ -127,6 +127,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     # Checkpoints.
     integer("keep_checkpoints", 3, "Number of checkpoints kept.")
+    integer(
+        "checkpoint_every_steps",
+        0,
+        "Also checkpoint every N steps (0: at epoch ends only); a killed run resumes mid-epoch.",
+    )
     # Devices and speed.
     integer(
         "num_cpu_replicas",

@@ -65,6 +65,7 @@ class Config:
     deterministic: bool
     restart: bool
     keep_checkpoints: int
+    checkpoint_every_steps: int
     verbose: int
 
     def weight_decay(self, task: str) -> float:
@@ -137,6 +138,10 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     _require(0 <= v["momentum"] < 1, f"--momentum must be in [0, 1), got {v['momentum']}")
     for flag in ("natural_weight_decay", "robust_weight_decay", "trades_beta"):
         _require(v[flag] >= 0, f"--{flag} must be >= 0, got {v[flag]}")
+    _require(
+        v["checkpoint_every_steps"] >= 0,
+        f"--checkpoint_every_steps must be >= 0, got {v['checkpoint_every_steps']}",
+    )
     _require(
         v["keep_checkpoints"] >= 1, f"--keep_checkpoints must be >= 1, got {v['keep_checkpoints']}"
     )
@@ -279,6 +284,7 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         deterministic=v["deterministic"],
         restart=v["restart"],
         keep_checkpoints=v["keep_checkpoints"],
+        checkpoint_every_steps=v["checkpoint_every_steps"],
         verbose=v["verbose"],
     )
 

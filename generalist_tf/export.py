@@ -23,6 +23,8 @@ class _Serving(tf.Module):
     def __init__(self, network, image_shape):
         super().__init__()
         self.network = network
+        # The weights as a flat list of tf.Variables: `loaded.weights` after loading.
+        self.weights = [w.value for w in network.weights]
 
         @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32, "images")])
         def serve(images):

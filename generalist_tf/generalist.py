@@ -32,6 +32,7 @@ class Generalist(keras.Model):
       eval_attack: the attack of `test_step` (a `learners.Attack`).
       ema_alpha: the EMA decay ceiling (official 0.999); 0 disables averaging.
       jit_compile: compile policy of the evaluation attack.
+      seed: seed of the evaluation attack's random start.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class Generalist(keras.Model):
         eval_attack,
         ema_alpha: float = 0.999,
         jit_compile="auto",
+        seed: int = 0,
     ):
         super().__init__(name="generalist")
         self.learner_names = tuple(learner.name for learner in learners)
@@ -59,6 +61,7 @@ class Generalist(keras.Model):
         self.eval_attack = eval_attack
         self.ema_alpha = float(ema_alpha)
         self.jit_compile = jit_compile
+        self.seed = int(seed)
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
         self.best_score = keras.Variable(-1.0, dtype="float32", trainable=False, name="best_score")
         self.best_epoch = keras.Variable(0, dtype="int64", trainable=False, name="best_epoch")
@@ -122,13 +125,22 @@ class Generalist(keras.Model):
         for prefix, network in self.evaluated_networks().items():
             metrics = self._eval_metrics[prefix]
             logits = network(x, training=False)
-            x_adv = self.eval_attack(network, x, y, jit_compile=self.jit_compile)
+            x_adv = self.eval_attack(
+                network, x, y, jit_compile=self.jit_compile, seed=self._eval_seed()
+            )
             metrics["loss"].update_state(tf.reduce_mean(per_example_ce(y, logits)))
             metrics["clean_accuracy"].update_state(y, logits)
             metrics["pgd_accuracy"].update_state(y, network(x_adv, training=False))
             for key, metric in metrics.items():
                 logs[f"{prefix}/{key}"] = metric.result()
         return logs
+
+    def _eval_seed(self):
+        """A fixed stateless seed per replica: evaluation is deterministic given --seed."""
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        seed = tf.constant([self.seed, 0x5EED], tf.int64)
+        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int64))
 
     # --- weight mixing, called by the callback in cross-replica context ------------------------
     def update_global(self, coefficients: Sequence[float]) -> None:

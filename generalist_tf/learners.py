@@ -39,7 +39,7 @@ class Attack:
     random_start: bool = True
     loss: str = "ce"
 
-    def __call__(self, model, x, y, *, jit_compile="auto"):
+    def __call__(self, model, x, y, *, jit_compile="auto", seed=None):
         return attacks.pgd(
             model,
             x,
@@ -51,6 +51,7 @@ class Attack:
             random_start=self.random_start,
             loss=self.loss,
             jit_compile=jit_compile,
+            seed=seed,
         )
 
 
@@ -74,18 +75,23 @@ class BaseLearner(keras.Model):
       ema_network: a network of the same architecture holding the EMA of `network`.
       attack: the training attack of adversarial learners (None for `natural`).
       jit_compile: compile policy of the attack (`auto`, `true`, `false`).
+      seed: None (stateful random attack starts), or two integers: then the random start of
+        step s on replica r is a pure function of (seed, s, r), so a resumed run is identical.
       name: the task name (a key of `LEARNERS`).
     """
 
     adversarial = True
 
-    def __init__(self, network, ema_network, *, attack=None, jit_compile="auto", name=None):
+    def __init__(
+        self, network, ema_network, *, attack=None, jit_compile="auto", seed=None, name=None
+    ):
         super().__init__(name=name or self.task)
         self.network = network
         self.ema_network = ema_network
         self.ema_network.trainable = False
         self.attack = attack
         self.jit_compile = jit_compile
+        self.seed = None if seed is None else tuple(int(s) for s in seed)
         self.loss_metric = keras.metrics.Mean(name=f"{self.name}_loss")
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name=f"{self.name}_acc")
         self.adv_accuracy_metric = (
@@ -96,6 +102,17 @@ class BaseLearner(keras.Model):
 
     def call(self, x, training=False):
         return self.network(x, training=training)
+
+    def attack_seed(self, stream: int = 0):
+        """The stateless seed of this step's attack: (seed, step, replica, stream), or None."""
+        if self.seed is None:
+            return None
+        seed = tf.constant(self.seed, tf.int64)
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        for data in (self.optimizer.iterations, replica, stream):
+            seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64))
+        return seed
 
     # --- the two task hooks -------------------------------------------------------------------
     def make_inputs(self, x, y):
@@ -152,7 +169,9 @@ class PGDLearner(BaseLearner):
     """Adversarial training (Madry et al. 2018): CE on PGD examples of the learner's own network."""
 
     def make_inputs(self, x, y):
-        return self.attack(self.network, x, y, jit_compile=self.jit_compile)
+        return self.attack(
+            self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed()
+        )
 
 
 class LinfPGDLearner(PGDLearner):
@@ -187,6 +206,7 @@ class TradesLearner(BaseLearner):
             step_size=a.step_size,
             num_steps=a.num_steps,
             jit_compile=self.jit_compile,
+            seed=self.attack_seed(),
         )
 
     def per_example_loss(self, x, inputs, y):
@@ -207,8 +227,10 @@ class _MultiNormLearner(BaseLearner):
 
     def make_inputs(self, x, y):
         return (
-            self.attack(self.network, x, y, jit_compile=self.jit_compile),
-            self.l2_attack(self.network, x, y, jit_compile=self.jit_compile),
+            self.attack(self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed(0)),
+            self.l2_attack(
+                self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed(1)
+            ),
         )
 
     def _both_losses(self, inputs, y):

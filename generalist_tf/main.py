@@ -25,6 +25,17 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _quiet_library_logs() -> None:
+    """Keeps TensorFlow's and Keras' INFO chatter out of absl's log; ours and warnings stay."""
+    import logging as std_logging
+
+    class _OursOrWarnings(std_logging.Filter):
+        def filter(self, record):
+            return record.levelno >= std_logging.WARNING or "generalist_tf" in record.pathname
+
+    logging.get_absl_handler().addFilter(_OursOrWarnings())
+
+
 def _prepare_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -49,6 +60,13 @@ def main(argv):
             distribute.configure_cpu_replicas(config.num_cpu_replicas)
     except ValueError as e:
         _fail(str(e))
+    _quiet_library_logs()
+    if config.deterministic:
+        import tensorflow as tf
+
+        # Op determinism (plus our seeded data and stateless attacks): a resumed run is
+        # bit-identical to an uninterrupted one.
+        tf.config.experimental.enable_op_determinism()
     _prepare_workdir(config.workdir)
     cli.write_flags(FLAGS, os.path.join(config.workdir, FLAGS_RECORD))
 

@@ -73,7 +73,7 @@ def build_generalist(config: Config, build_network, steps_per_epoch: int) -> gen
         config.learning_rate, epochs=config.epochs, steps_per_epoch=steps_per_epoch
     )
     base_learners = []
-    for task in config.learners:
+    for index, task in enumerate(config.learners):
         kwargs = {}
         if task == "trades":
             kwargs["beta"] = config.trades_beta
@@ -85,6 +85,7 @@ def build_generalist(config: Config, build_network, steps_per_epoch: int) -> gen
             copy_of_theta_0(),
             attack=None if task == "natural" else attack,
             jit_compile=config.jit_compile,
+            seed=(config.seed, index),
             **kwargs,
         )
         optimizer = optimizers.CoupledSGD(
@@ -101,8 +102,9 @@ def build_generalist(config: Config, build_network, steps_per_epoch: int) -> gen
         eval_attack=config.eval_attack,
         ema_alpha=config.ema_decay,
         jit_compile=config.jit_compile,
+        seed=config.seed,
     )
-    model.compile(optimizer=None)
+    model.compile(optimizer=None, jit_compile=False)
     return model
 
 
@@ -150,34 +152,50 @@ def train(config: Config) -> dict:
     build_network = network_builder(config, arrays)
     with strategy.scope():
         model = build_generalist(config, build_network, steps_per_epoch)
-    manager = checkpoints.Manager(config, model, strategy=strategy, chief=chief)
-    initial_epoch = manager.restore_or_initialize()
-
-    val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=config.eval_batch_size)
-    train_data = data.train_dataset(
-        arrays,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=initial_epoch * steps_per_epoch,
+    manager = checkpoints.Manager(
+        config.workdir,
+        model,
+        strategy=strategy,
+        keep=config.keep_checkpoints,
+        every_steps=config.checkpoint_every_steps,
+        restart=config.restart,
+        chief=chief,
     )
+    start_step = manager.restore_or_initialize()
+    val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=config.eval_batch_size)
     fit_callbacks = [
         callbacks.GeneralistCallback(config.mixing, config.communication, config.epochs),
         callbacks.BestGlobalCallback(config.select_metric),
-        manager.callback(),
+        # After the best-G choice: an epoch-end checkpoint includes it.
+        manager.callback(start_step),
         callbacks.NaNGuard(),
     ]
     if chief:
         fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.workdir, TENSORBOARD)))
-    if initial_epoch < config.epochs:
+
+    def fit(first_step: int, epochs: int, initial_epoch: int, steps: int) -> None:
+        stream = data.train_dataset(
+            arrays, batch_size=config.batch_size, seed=config.seed, start_step=first_step
+        )
         model.fit(
-            train_data,
-            epochs=config.epochs,
+            stream,
+            epochs=epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=steps,
             validation_data=val,
             callbacks=fit_callbacks,
             verbose=config.verbose,
         )
+
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    if offset and epoch < config.epochs:
+        # Resumed inside an epoch: finish it (its remaining steps, then validation and the
+        # epoch-end callbacks), then continue with whole epochs.
+        fit(start_step, epoch + 1, epoch, steps_per_epoch - offset)
+        epoch += 1
+    if epoch < config.epochs:
+        fit(epoch * steps_per_epoch, config.epochs, epoch, steps_per_epoch)
+    manager.cleanup()
     best_epoch = int(model.best_epoch.numpy())
 
     # Final evaluation on the test split: the exported (best) G, the last G, each learner's EMA.
