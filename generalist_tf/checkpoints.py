@@ -107,15 +107,18 @@ class Manager:
         path = self.checkpoint.write(os.path.join(self.directory, f"ckpt-{step}"))
         self.saves += 1
         _maybe_fault("kill_in_save", self.saves)
+        # Names relative to the directory: a moved or copied workdir still resumes from its own
+        # files, not from the place it was written in.
+        name = os.path.basename(path)
         state = tf.train.get_checkpoint_state(self.directory)
-        previous = list(state.all_model_checkpoint_paths) if state else []
-        paths = [p for p in previous if p != path] + [path]
-        kept, dropped = paths[-self.keep :], paths[: -self.keep]
+        previous = [os.path.basename(p) for p in state.all_model_checkpoint_paths] if state else []
+        names = [p for p in previous if p != name] + [name]
+        kept, dropped = names[-self.keep :], names[: -self.keep]
         tf.compat.v1.train.update_checkpoint_state(
-            self.directory, path, all_model_checkpoint_paths=kept
+            self.directory, name, all_model_checkpoint_paths=kept
         )
         for old in dropped:
-            for f in tf.io.gfile.glob(old + ".*"):
+            for f in tf.io.gfile.glob(os.path.join(self.directory, old) + ".*"):
                 tf.io.gfile.remove(f)
         return path
 

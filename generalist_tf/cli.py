@@ -122,8 +122,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     integer("eval_examples", 0, "Evaluate a seeded subset of this many test examples (0: all).")
     string(
         "select_metric",
-        "val_global/pgd_accuracy",
-        "Validation metric that selects the exported G (never the test split).",
+        "auto",
+        "Validation metric (epoch-log key) that selects the exported G, never the test split; "
+        "auto: val_global/pgd_accuracy, or val_global/clean_accuracy for standard training.",
     )
     # Checkpoints.
     integer("keep_checkpoints", 3, "Number of checkpoints kept.")

@@ -113,6 +113,12 @@ def from_flags(values: Mapping[str, Any]) -> Config:
       ValueError: a one-line message naming the first invalid flag and its value.
     """
     v = dict(values)
+    for flag, value in sorted(v.items()):
+        if isinstance(value, str) and " #" in value:
+            raise ValueError(
+                f"--{flag}={value!r} holds a trailing comment: absl keeps everything after '=' "
+                "in the value; put comments on their own line in flagfiles"
+            )
     _require(v["mode"] in MODES, f"--mode must be one of {MODES}, got {v['mode']!r}")
     _require(bool(v["workdir"]), "--workdir is required")
     _require(data.is_known_dataset(v["dataset"]), _unknown_dataset(v["dataset"]))
@@ -246,6 +252,12 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     # PGD evaluation step: eps/4 (2/255 at 8/255, the protocol's setting).
     eval_attack = learners.Attack("linf", eval_linf, eval_linf / 4, v["eval_num_steps"])
 
+    select_metric = v["select_metric"]
+    if select_metric == "auto":
+        # Robust variants: PGD accuracy of G; standard training: its clean accuracy.
+        robust = any(n != "natural" for n in names)
+        select_metric = f"val_global/{'pgd' if robust else 'clean'}_accuracy"
+
     model_kwargs = (
         {"depth": v["wrn_depth"], "width": v["wrn_width"]} if v["model"] == "wide_resnet" else {}
     )
@@ -275,7 +287,7 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         eval_attack=eval_attack,
         eval_epsilon_l2=eval_l2,
         eval_examples=v["eval_examples"] or None,
-        select_metric=v["select_metric"],
+        select_metric=select_metric,
         seed=v["seed"],
         num_cpu_replicas=v["num_cpu_replicas"],
         jit_compile=v["jit_compile"],

@@ -86,9 +86,17 @@ def main(argv):
     logging.info("done: %s", config.workdir)
 
 
+def _parse_flags(argv):
+    """absl's parser with a one-line error (missing flagfile, malformed value, unknown flag)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).splitlines()[0].replace("ERROR:: ", ""))
+
+
 def run():
     cli.define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,174 @@
+"""Bad input: a one-line error naming the flag, file or value; exit status 2; nothing lost.
+
+Config-level cases are checked in-process through `config.from_flags` (the same function main
+calls before `_fail`); cases that need files, checkpoints or a run go through the command line.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from generalist_tf import checkpoints
+from tests.helpers_train import ROOT, config_from
+
+CONFIG_CASES = [
+    # (overrides, message fragment)
+    ({"dataset": "imagenet"}, "--dataset='imagenet' is unknown"),
+    ({"model": "vgg16"}, "--model='vgg16' is unknown"),
+    ({"variant": "generalist_x"}, "--variant='generalist_x' is unknown"),
+    ({"epsilon": "-0.1"}, "--epsilon must be in (0, 1] for images in [0, 1], got -0.1"),
+    ({"epsilon": "8"}, "--epsilon must be in (0, 1] for images in [0, 1], got 8"),
+    ({"step_size": "0.5"}, "--step_size must be in (0, --epsilon=0.3], got 0.5"),
+    ({"num_steps": "0"}, "--num_steps must be >= 1, got 0"),
+    ({"epochs": "0"}, "--epochs must be >= 1, got 0"),
+    ({"batch_size": "0"}, "--batch_size must be >= 1, got 0"),
+    ({"mixing": "natural=0:0.5,1:0.5;linf_pgd=0:0.6,1:0.6"}, "sum to 1 at every epoch"),
+    ({"mixing": "natural=0:1,1:1"}, "--mixing must give one schedule per learner"),
+    ({"mixing": "natural=0:1,oops;linf_pgd=0:0,1:0"}, "--mixing (natural) must look like"),
+    ({"communication_start": "1", "communication_period": "7"}, "after the last epoch 3"),
+    ({"epsilon": "eight"}, "--epsilon must be a number or a ratio like 8/255, got 'eight'"),
+    ({"learning_rate": "0:0.1,1:0"}, "--learning_rate values must be > 0"),
+    ({"learners": "natural"}, "--learners is only read with --variant=custom"),
+    ({"jit_compile": "maybe"}, "--jit_compile must be one of"),
+    ({"epsilon": "0.3  # eps"}, "holds a trailing comment"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CONFIG_CASES)
+def test_config_errors_name_the_flag_and_value(overrides, message):
+    with pytest.raises(ValueError) as error:
+        config_from("smoke.cfg", workdir="/tmp/unused", **overrides)
+    text = str(error.value)
+    assert message in text and "\n" not in text
+
+
+def run_main(*args, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "generalist_tf.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+FAST = [
+    "--flagfile=flags/smoke.cfg",
+    "--epochs=1",
+    "--num_steps=2",
+    "--eval_num_steps=2",
+    "--eval_examples=32",
+    "--verbose=0",
+]
+
+
+def test_missing_flagfile(tmp_path):
+    result = run_main("--flagfile=flags/does_not_exist.cfg", f"--workdir={tmp_path}")
+    assert_one_line_error(result, "flags/does_not_exist.cfg")
+
+
+def test_trailing_comment_on_an_integer_flag(tmp_path):
+    flagfile = tmp_path / "bad.cfg"
+    flagfile.write_text("--flagfile=flags/smoke.cfg\n--epochs=3  # three epochs\n")
+    result = run_main(f"--flagfile={flagfile}", f"--workdir={tmp_path}")
+    assert_one_line_error(result, "--epochs=3  # three epochs")
+
+
+def test_unwritable_workdir():
+    assert_one_line_error(
+        run_main(*FAST, "--workdir=/proc/no/such/dir"), "--workdir=/proc/no/such/dir"
+    )
+
+
+@pytest.mark.parametrize(
+    "arrays, fragment",
+    [
+        ({"x_train": np.zeros((10, 8, 8), np.uint8)}, "missing keys"),
+        (
+            {
+                "x_train": np.zeros((10, 8, 8), np.uint8),
+                "y_train": np.zeros(9, np.int64),
+                "x_test": np.zeros((4, 8, 8), np.uint8),
+                "y_test": np.zeros(4, np.int64),
+            },
+            "y_train must have shape (10,)",
+        ),
+        (
+            {
+                "x_train": np.full((10, 8, 8), 3.0, np.float32),
+                "y_train": np.zeros(10, np.int64),
+                "x_test": np.zeros((4, 8, 8), np.float32),
+                "y_test": np.zeros(4, np.int64),
+            },
+            "float x_train must lie in [0, 1]",
+        ),
+        (None, "not a readable .npz file"),
+    ],
+)
+def test_bad_npz(tmp_path, arrays, fragment):
+    path = tmp_path / "data.npz"
+    if arrays is None:
+        path.write_bytes(b"this is not a zip archive")
+    else:
+        np.savez(path, **arrays)
+    result = run_main(*FAST, f"--dataset=npz:{path}", f"--workdir={tmp_path / 'run'}")
+    assert_one_line_error(result, str(path), fragment)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 1-epoch run: its export and checkpoint must survive every failure below."""
+    workdir = tmp_path_factory.mktemp("finished")
+    result = run_main(*FAST, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return workdir
+
+
+def snapshot(directory):
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = f.read()
+    return out
+
+
+def test_nan_loss_stops_keeps_checkpoint_and_export(finished_run):
+    workdir = finished_run
+    export_before = snapshot(workdir / "export")
+    result = run_main(*FAST, f"--workdir={workdir}", "--epochs=3", "--learning_rate=0:1e12,1:1e12")
+    assert_one_line_error(result, "/loss is nan at epoch 2 step")
+    assert snapshot(workdir / "export") == export_before
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(workdir / checkpoints.CHECKPOINTS))
+    assert latest.endswith("ckpt-19"), latest  # the last good checkpoint: end of epoch 1
+
+
+def test_corrupt_checkpoint_is_reported_and_export_kept(finished_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir)
+    export_before = snapshot(workdir / "export")
+    for index in (workdir / checkpoints.CHECKPOINTS).glob("ckpt-*.index"):
+        index.write_bytes(b"garbage")
+    result = run_main(*FAST, f"--workdir={workdir}", "--epochs=2")
+    assert_one_line_error(result, "cannot be restored", "--restart")
+    assert snapshot(workdir / "export") == export_before
