@@ -129,8 +129,15 @@ def _labels(model: generalist.Generalist, best_epoch: int) -> dict[str, str]:
     return labels
 
 
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
 def train(config: Config) -> dict:
-    """Trains, evaluates and exports one run.
+    """Trains, evaluates and exports one run under the `--precision` dtype policy.
+
+    With bf16/fp16 the networks compute in half precision while their variables, the EMA/G
+    mixing, the losses and the attacks' input gradients stay float32; fp16 adds a dynamic loss
+    scale per learner optimizer (Keras wraps it in `LossScaleOptimizer` at `compile`).
 
     Returns:
       The results written to `<workdir>/results.json` plus `table`, a printable summary.
@@ -138,6 +145,15 @@ def train(config: Config) -> dict:
     Raises:
       data.DataError, ValueError: bad dataset or configuration (one-line messages).
     """
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(POLICIES[config.precision])
+    try:
+        return _train(config)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def _train(config: Config) -> dict:
     strategy = distribute.make_strategy(num_cpu_replicas=config.num_cpu_replicas, tpu=config.tpu)
     chief = distribute.is_chief(strategy)
     logging.info(
@@ -162,7 +178,10 @@ def train(config: Config) -> dict:
         chief=chief,
     )
     start_step = manager.restore_or_initialize()
-    val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=config.eval_batch_size)
+    # Sharded by DATA: under MultiWorkerMirroredStrategy the workers split every global batch.
+    val = distribute.shard_by_data(
+        data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=config.eval_batch_size)
+    )
     fit_callbacks = [
         callbacks.GeneralistCallback(config.mixing, config.communication, config.epochs),
         callbacks.BestGlobalCallback(config.select_metric),
@@ -174,8 +193,10 @@ def train(config: Config) -> dict:
         fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.workdir, TENSORBOARD)))
 
     def fit(first_step: int, epochs: int, initial_epoch: int, steps: int) -> None:
-        stream = data.train_dataset(
-            arrays, batch_size=config.batch_size, seed=config.seed, start_step=first_step
+        stream = distribute.shard_by_data(
+            data.train_dataset(
+                arrays, batch_size=config.batch_size, seed=config.seed, start_step=first_step
+            )
         )
         model.fit(
             stream,
@@ -200,12 +221,14 @@ def train(config: Config) -> dict:
 
     # Final evaluation on the test split: the exported (best) G, the last G, each learner's EMA.
     model.evaluate_best(True)
-    test_data = data.eval_dataset(
-        arrays.x_test,
-        arrays.y_test,
-        batch_size=config.eval_batch_size,
-        num_examples=config.eval_examples,
-        seed=config.seed,
+    test_data = distribute.shard_by_data(
+        data.eval_dataset(
+            arrays.x_test,
+            arrays.y_test,
+            batch_size=config.eval_batch_size,
+            num_examples=config.eval_examples,
+            seed=config.seed,
+        )
     )
     test = {k: float(v) for k, v in model.evaluate(test_data, return_dict=True, verbose=0).items()}
     validation = {k: float(v) for k, v in model.evaluate(val, return_dict=True, verbose=0).items()}

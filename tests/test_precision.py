@@ -1,0 +1,38 @@
+"""Mixed precision: bf16 and fp16 train and evaluate on CPU; weights and mixing stay float32."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from generalist_tf import train
+from tests.helpers_train import config_from
+
+
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
+def test_half_precision_trains_and_evaluates(tmp_path, precision):
+    cfg = config_from(
+        "smoke.cfg",
+        precision=precision,
+        epochs=2,
+        num_steps=2,
+        eval_num_steps=2,
+        eval_examples=64,
+        workdir=str(tmp_path),
+        verbose=0,
+    )
+    results = train.train(cfg)
+    # The global policy is restored after the run.
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+    test = results["test"]
+    assert np.isfinite(test["global/loss"])
+    assert test["global/clean_accuracy"] > 0.3  # well above chance (0.1) after two epochs
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        assert json.load(f)["test"]["global/pgd_accuracy"] >= 0.0
+    loaded = tf.saved_model.load(os.path.join(tmp_path, "export"))
+    assert all(w.dtype == tf.float32 for w in loaded.weights)
+    logits = loaded.signatures["serving_default"](images=tf.zeros((2, 8, 8, 1)))["logits"]
+    assert logits.dtype == tf.float32
