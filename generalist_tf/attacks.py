@@ -13,6 +13,8 @@ kernels (measured on a 90k-parameter CNN, batch 128, PGD-10).
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 
 NORMS = ("linf", "l2")
@@ -122,7 +124,7 @@ def _check_budget(norm, epsilon, step_size, num_steps):
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
+    if not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool) or num_steps < 0:
         raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}")
     if num_steps > 0 and not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
@@ -255,7 +257,7 @@ def pgd(
         norm,
         float(epsilon),
         float(step_size),
-        num_steps,
+        int(num_steps),
         bool(random_start),
         loss,
         seed,
@@ -286,7 +288,7 @@ def trades_pgd(
     """
     _check_budget("linf", epsilon, step_size, num_steps)
     compiled = _TRADES_XLA if resolve_jit_compile(jit_compile) else _TRADES_GRAPH
-    return compiled(model, x, float(epsilon), float(step_size), num_steps, seed)
+    return compiled(model, x, float(epsilon), float(step_size), int(num_steps), seed)
 
 
 def msd(
@@ -322,5 +324,5 @@ def msd(
         tuple(norms),
         tuple(map(float, epsilons)),
         tuple(map(float, step_sizes)),
-        num_steps,
+        int(num_steps),
     )

@@ -1,0 +1,286 @@
+"""BUILD mirrors the code: a py_library per module with its imports as deps, a py_test per test.
+
+Bazel cannot fetch its rules on the CI machines, so this test is the check. BUILD is Starlark,
+which for a BUILD file is Python syntax: it is parsed with `ast` and evaluated by a small
+interpreter that understands literals, `+`, `glob()` and `requirement()`. Each module's imports
+(lazy ones inside functions included) are read with `ast` as well.
+"""
+
+import ast
+import dataclasses
+import glob
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD_PATH = os.path.join(ROOT, "BUILD")
+PACKAGE = "generalist_tf"
+PIP_LOAD = "@pip//:requirements.bzl"
+# Top-level import name -> the pip distribution `requirement()` names.
+THIRD_PARTY = {
+    "absl": "absl-py",
+    "cleverhans": "cleverhans",
+    "keras": "keras",
+    "matplotlib": "matplotlib",
+    "numpy": "numpy",
+    "pytest": "pytest",
+    "sklearn": "scikit-learn",
+    "tensorboard": "tensorboard",
+    "tensorflow": "tensorflow",
+    "tensorflow_datasets": "tensorflow-datasets",
+}
+PY_RULES = ("py_library", "py_binary", "py_test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """`requirement("name")`: a third-party dependency from the pip hub."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Glob:
+    """`glob([...])`: the patterns, resolved against the working tree when needed."""
+
+    patterns: tuple[str, ...]
+
+    def files(self) -> set[str]:
+        return {
+            os.path.relpath(path, ROOT)
+            for pattern in self.patterns
+            for path in glob.glob(os.path.join(ROOT, pattern))
+        }
+
+
+@dataclasses.dataclass
+class Rule:
+    kind: str
+    attrs: dict
+
+
+def evaluate(node: ast.expr):
+    """The value of a Starlark expression of the subset BUILD files use here."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.List):
+        return [evaluate(element) for element in node.elts]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return evaluate(node.left) + evaluate(node.right)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+        (argument,) = node.args
+        if node.func.id == "requirement":
+            return Requirement(evaluate(argument))
+        if node.func.id == "glob":
+            # A list, as in Starlark, so that `[...] + glob(...)` concatenates.
+            return [Glob(tuple(evaluate(argument)))]
+    raise AssertionError(f"BUILD line {node.lineno}: unsupported expression {ast.unparse(node)}")
+
+
+def parse_build() -> tuple[list[tuple[str, ...]], list[Rule]]:
+    """The `load(...)` statements and the rule calls of BUILD, in order."""
+    with open(BUILD_PATH) as f:
+        tree = ast.parse(f.read(), filename=BUILD_PATH)
+    loads, rules = [], []
+    for statement in tree.body:
+        assert isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call), (
+            f"BUILD line {statement.lineno}: only rule calls belong in a BUILD file"
+        )
+        call = statement.value
+        kind = call.func.id
+        if kind == "load":
+            loads.append(tuple(evaluate(argument) for argument in call.args))
+            continue
+        assert not call.args, f"BUILD line {call.lineno}: {kind} takes keyword arguments only"
+        rules.append(Rule(kind, {kw.arg: evaluate(kw.value) for kw in call.keywords}))
+    return loads, rules
+
+
+def imports_of(path: str) -> tuple[set[str], set[str]]:
+    """(repository modules, third-party top-level packages) that the file at `path` imports.
+
+    Repository modules are paths relative to the root without `.py` (`generalist_tf/data`,
+    `tests/helpers_train`); `from generalist_tf import data` names the module `data`.
+    """
+    with open(os.path.join(ROOT, path)) as f:
+        tree = ast.parse(f.read(), filename=path)
+    local, third_party = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+            if node.module in (PACKAGE, "tests"):
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top in (PACKAGE, "tests"):
+                local.add("/".join(name.split(".")[:2]))
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                third_party.add(top)
+    return local, third_party
+
+
+def module_files() -> list[str]:
+    return sorted(
+        os.path.relpath(path, ROOT)
+        for path in glob.glob(os.path.join(ROOT, PACKAGE, "**", "*.py"), recursive=True)
+    )
+
+
+def files_of_tests() -> list[str]:
+    return sorted(
+        os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "tests", "test_*.py"))
+    )
+
+
+def entirely_slow(path: str) -> bool:
+    """Whether every test of the file is marked `slow` (then its py_test may be `manual`)."""
+    with open(os.path.join(ROOT, path)) as f:
+        tree = ast.parse(f.read())
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and "pytestmark" in ast.unparse(statement.targets[0]):
+            return "slow" in ast.unparse(statement.value)
+    tests = [
+        node
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+        and node.name.lower().startswith("test")
+    ]
+    return bool(tests) and all(
+        any("mark.slow" in ast.unparse(decorator) for decorator in node.decorator_list)
+        for node in tests
+    )
+
+
+@pytest.fixture(scope="module")
+def build():
+    return parse_build()
+
+
+@pytest.fixture(scope="module")
+def targets(build):
+    _, rules = build
+    named = {}
+    for rule in rules:
+        if "name" in rule.attrs:
+            assert rule.attrs["name"] not in named, (
+                f"two BUILD targets named {rule.attrs['name']!r}"
+            )
+            named[rule.attrs["name"]] = rule
+    return named
+
+
+@pytest.fixture(scope="module")
+def owners(targets):
+    """Source file -> the name of the py_library or py_pytest_main that owns it."""
+    out = {}
+    for name, rule in targets.items():
+        if rule.kind == "py_library":
+            for src in rule.attrs.get("srcs", []):
+                assert src not in out, f"{src} is in the srcs of both :{out[src]} and :{name}"
+                out[src] = name
+    return out
+
+
+def missing_deps(target: str, rule: Rule, srcs: list[str], owners: dict) -> list[str]:
+    """What the deps of `target` lack for the imports of `srcs`, one message per problem."""
+    deps = rule.attrs.get("deps", [])
+    labels = {dep for dep in deps if isinstance(dep, str)}
+    requirements = {dep.name for dep in deps if isinstance(dep, Requirement)}
+    problems = []
+    for src in srcs:
+        local, third_party = imports_of(src)
+        for module in sorted(local):
+            module_path = f"{module}.py"
+            owner = owners.get(module_path)
+            if not os.path.exists(os.path.join(ROOT, module_path)):
+                problems.append(f"{src} imports {module.replace('/', '.')}, which does not exist")
+            elif owner is None:
+                problems.append(f"{module_path} (imported by {src}) has no py_library")
+            elif owner != target and f":{owner}" not in labels:
+                problems.append(f":{target} ({src}) imports {module_path}: add :{owner}")
+        for package in sorted(third_party):
+            if package not in THIRD_PARTY:
+                problems.append(f"{src} imports {package}: add it to THIRD_PARTY in this test")
+            elif THIRD_PARTY[package] not in requirements:
+                problems.append(
+                    f':{target} ({src}) imports {package}: add requirement("{THIRD_PARTY[package]}")'
+                )
+    return problems
+
+
+def test_build_loads_the_rules_and_the_pip_hub(build):
+    loads, _ = build
+    assert any(load[0] == PIP_LOAD and "requirement" in load[1:] for load in loads), loads
+    loaded = {symbol for load in loads for symbol in load[1:]}
+    _, rules = build
+    used = {rule.kind for rule in rules} - {"package"}
+    assert used <= loaded, f"rules used but not loaded: {sorted(used - loaded)}"
+
+
+def test_every_dep_label_is_a_target(targets):
+    for name, rule in targets.items():
+        for dep in rule.attrs.get("deps", []):
+            if isinstance(dep, str):
+                assert dep.startswith(":") and dep[1:] in targets, f":{name} depends on {dep}"
+
+
+def test_every_module_has_a_py_library(owners):
+    missing = [path for path in module_files() if path not in owners]
+    assert not missing, f"modules without a py_library in BUILD: {missing}"
+
+
+def test_every_library_lists_what_its_modules_import(targets, owners):
+    problems = [
+        problem
+        for name, rule in targets.items()
+        if rule.kind == "py_library"
+        for problem in missing_deps(name, rule, rule.attrs["srcs"], owners)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_main_binary_ships_the_flagfiles(targets, owners):
+    main = targets.get("main")
+    assert main is not None and main.kind == "py_binary", "BUILD needs py_binary(name = 'main')"
+    assert main.attrs["srcs"] == [f"{PACKAGE}/main.py"]
+    assert main.attrs.get("main") == f"{PACKAGE}/main.py"
+    assert main.attrs.get("data") == [Glob(("flags/*.cfg",))]
+    assert main.attrs["data"][0].files(), "flags/*.cfg matches no file"
+    # Its imports are checked on the library that owns main.py.
+    assert f":{owners[f'{PACKAGE}/main.py']}" in main.attrs["deps"]
+
+
+def test_every_test_file_has_a_py_test(targets, owners):
+    tests = {}
+    for name, rule in targets.items():
+        if rule.kind == "py_test":
+            for src in rule.attrs["srcs"]:
+                if src.startswith("tests/"):
+                    tests[src] = name
+    missing = [path for path in files_of_tests() if path not in tests]
+    assert not missing, f"test files without a py_test in BUILD: {missing}"
+    conftest = owners.get("tests/conftest.py")
+    assert conftest is not None, "tests/conftest.py (the 2 logical CPUs) needs a py_library"
+    for path, name in tests.items():
+        rule = targets[name]
+        assert name == os.path.basename(path)[: -len(".py")], f"{path} is tested by :{name}"
+        problems = missing_deps(name, rule, [path], owners)
+        assert not problems, "\n".join(problems)
+        assert f":{conftest}" in rule.attrs["deps"], f":{name} must depend on :{conftest}"
+        if "manual" in rule.attrs.get("tags", []):
+            assert entirely_slow(path), f":{name} is tagged manual but has fast tests"
+
+
+def test_interpreter_rejects_what_it_does_not_understand():
+    with pytest.raises(AssertionError, match="unsupported expression"):
+        evaluate(ast.parse("select({'//conditions:default': []})", mode="eval").body)
+    assert evaluate(ast.parse("['a'] + glob(['flags/*.cfg'])", mode="eval").body) == [
+        "a",
+        Glob(("flags/*.cfg",)),
+    ]

@@ -1,0 +1,183 @@
+"""The model registry: logits shapes, BatchNorm settings, in-model normalisation, synchronized BN.
+
+Synchronized BatchNorm is checked on a real 2-replica `MirroredStrategy` over two logical CPUs:
+after one train step where the replicas see different halves of the batch, every replica holds
+the same moving statistics, equal to the statistics of the global batch.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from generalist_tf import models
+
+CIFAR_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+BATCH = 2
+# Small versions of every registry entry (a WRN-10-1 stands in for WRN-34-10 in the fast suite).
+FAST_MODELS = [
+    ("resnet18", {}),
+    ("preact_resnet18", {}),
+    ("wide_resnet", {"depth": 10, "width": 1}),
+    ("small_cnn", {}),
+    ("digits_cnn", {}),
+]
+# digits_cnn on 8x8x1: 94,186 trainable weights + 448 BatchNorm moving statistics.
+DIGITS_CNN_PARAMS = 94_634
+# WRN-34-10 (Zagoruyko & Komodakis 2016) has 46.2M parameters on CIFAR-10.
+WRN_34_10_PARAMS = (46.1e6, 46.3e6)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2471, 0.2435, 0.2616)
+
+
+def two_replica_strategy() -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy on the two logical CPUs with collective keys no other strategy used.
+
+    Every MirroredStrategy numbers its collectives from the same keys, and TF caches a key's
+    shape for the process: a later strategy whose collective under that key has another shape
+    aborts every collective op of the process. TF's own tests move the key base the same way.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def batch_norm_layers(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def random_images(shape, *, batch=BATCH, seed=0):
+    return np.random.default_rng(seed).uniform(size=(batch, *shape)).astype(np.float32)
+
+
+def test_registry_is_covered():
+    assert sorted(name for name, _ in FAST_MODELS) == sorted(models.MODELS)
+
+
+@pytest.mark.parametrize("name, kwargs", FAST_MODELS, ids=[name for name, _ in FAST_MODELS])
+def test_model_outputs_logits_with_pytorch_batch_norm(name, kwargs):
+    model = models.build(name, CIFAR_SHAPE, NUM_CLASSES, **kwargs)
+    logits = model(random_images(CIFAR_SHAPE), training=False)
+    assert logits.shape == (BATCH, NUM_CLASSES)
+    assert logits.dtype == tf.float32
+    assert np.all(np.isfinite(logits))
+    # Logits, not probabilities: nothing forces them onto the simplex.
+    assert not np.allclose(np.sum(logits, axis=-1), 1.0)
+    for layer in batch_norm_layers(model):
+        assert layer.momentum == pytest.approx(models.BN_MOMENTUM) == 0.9, layer.name
+        assert layer.epsilon == pytest.approx(models.BN_EPSILON) == 1e-5, layer.name
+        assert layer.synchronized is True, layer.name
+    # Only SmallCNN (TRADES' MNIST model) has no BatchNorm.
+    assert bool(batch_norm_layers(model)) == (name != "small_cnn")
+
+
+@pytest.mark.slow
+def test_wide_resnet_34_10_builds():
+    model = models.build("wide_resnet", CIFAR_SHAPE, NUM_CLASSES)
+    assert model.name == "wrn_34_10"
+    low, high = WRN_34_10_PARAMS
+    assert low < model.count_params() < high
+    assert model(random_images(CIFAR_SHAPE), training=False).shape == (BATCH, NUM_CLASSES)
+
+
+def test_digits_cnn_size():
+    model = models.build("digits_cnn", (8, 8, 1), NUM_CLASSES)
+    assert model.count_params() == DIGITS_CNN_PARAMS
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "small_cnn"])
+def test_normalisation_happens_inside_the_model(name):
+    """A model built with mean/std on [0, 1] pixels equals the plain model on normalised pixels."""
+    normalised = models.build(name, CIFAR_SHAPE, NUM_CLASSES, mean=CIFAR_MEAN, std=CIFAR_STD)
+    plain = models.build(name, CIFAR_SHAPE, NUM_CLASSES)
+    # The normalisation holds constants, not weights: both models have the same weights.
+    plain.set_weights(normalised.get_weights())
+    x = random_images(CIFAR_SHAPE, batch=4)
+    expected = plain((x - np.array(CIFAR_MEAN, np.float32)) / np.array(CIFAR_STD, np.float32))
+    np.testing.assert_allclose(normalised(x), expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(plain(x), expected, atol=1e-3)
+
+
+def test_invalid_normalisation_raises():
+    with pytest.raises(ValueError, match="positive stds"):
+        models.build("digits_cnn", CIFAR_SHAPE, NUM_CLASSES, mean=CIFAR_MEAN, std=(0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="3 means"):
+        models.build("digits_cnn", CIFAR_SHAPE, NUM_CLASSES, mean=(0.5,), std=CIFAR_STD)
+
+
+def test_unknown_model_name_raises():
+    with pytest.raises(ValueError, match="'vgg16'"):
+        models.build("vgg16", CIFAR_SHAPE, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("depth, width, flag", [(12, 1, "--wrn_depth"), (10, 0, "--wrn_width")])
+def test_invalid_wide_resnet_raises(depth, width, flag):
+    with pytest.raises(ValueError, match=f"{flag}.*{depth if flag == '--wrn_depth' else width}"):
+        models.build("wide_resnet", CIFAR_SHAPE, NUM_CLASSES, depth=depth, width=width)
+
+
+def moving_means_after_one_step(model, strategy, optimizer, x, y):
+    """Runs one SGD step with replica r on half r of (x, y); the first BN's moving mean per replica."""
+    inputs = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
+    )
+
+    @tf.function
+    def train_step(images, labels):
+        def replica_fn(images, labels):
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                per_example = keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True
+                )
+                loss = tf.reduce_sum(per_example) / len(x)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(gradients, model.trainable_variables)
+
+        strategy.run(replica_fn, args=(images, labels))
+
+    train_step(*next(iter(inputs)))
+    moving_mean = batch_norm_layers(model)[0].moving_mean
+    return [
+        component.numpy() for component in strategy.experimental_local_results(moving_mean.value)
+    ]
+
+
+def two_replica_batch():
+    x = random_images((8, 8, 1), batch=16, seed=1)
+    x[8:] = 0.8 + 0.2 * x[8:]  # replica 1's half is much brighter than replica 0's.
+    y = np.random.default_rng(2).integers(0, NUM_CLASSES, size=16)
+    return x, y
+
+
+def test_synchronized_batch_norm_keeps_replicas_identical():
+    strategy = two_replica_strategy()
+    with strategy.scope():
+        model = models.build("digits_cnn", (8, 8, 1), NUM_CLASSES)
+        optimizer = keras.optimizers.SGD(0.1)
+    x, y = two_replica_batch()
+    first_conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    # The moving mean starts at 0; one update with momentum 0.9 gives 0.1 * the batch mean.
+    expected = (1 - models.BN_MOMENTUM) * np.mean(first_conv(x).numpy(), axis=(0, 1, 2))
+    replica_0, replica_1 = moving_means_after_one_step(model, strategy, optimizer, x, y)
+    np.testing.assert_array_equal(replica_0, replica_1)
+    np.testing.assert_allclose(replica_0, expected, atol=1e-6)
+
+
+def test_unsynchronized_batch_norm_would_diverge(monkeypatch):
+    """Guards the check above: with Keras' default BN the replicas' statistics differ."""
+
+    def unsynchronized_bn(name=None):
+        return keras.layers.BatchNormalization(
+            momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON, name=name
+        )
+
+    monkeypatch.setattr(models, "_bn", unsynchronized_bn)
+    strategy = two_replica_strategy()
+    with strategy.scope():
+        model = models.build("digits_cnn", (8, 8, 1), NUM_CLASSES)
+        optimizer = keras.optimizers.SGD(0.1)
+    replica_0, replica_1 = moving_means_after_one_step(
+        model, strategy, optimizer, *two_replica_batch()
+    )
+    assert np.max(np.abs(replica_0 - replica_1)) > 1e-3
