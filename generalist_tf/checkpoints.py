@@ -22,6 +22,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from generalist_tf import distribute
+
 CHECKPOINTS = "checkpoints"
 # Fault injection for the resume tests: "kill_in_save:N" SIGKILLs this process during its N-th
 # save, after the data files are written and before the save is committed; "kill_after_step:N"
@@ -56,7 +58,9 @@ class Manager:
       every_steps: also save every this many steps (0: only at epoch ends).
       restart: move existing checkpoints aside and start over.
       chief: whether this process writes. Under `MultiWorkerMirroredStrategy` every worker must
-        take part in a save; the others write to a scratch directory that is deleted.
+        take part in a save; the others write to a scratch directory that is deleted. Every
+        worker restores from the chief's directory (a shared file system), so a restarted job
+        resumes all workers from the same step.
     """
 
     def __init__(
@@ -66,9 +70,12 @@ class Manager:
         self.every_steps = every_steps
         self.restart = restart
         self.chief = chief
-        self.directory = os.path.join(workdir, CHECKPOINTS)
+        self.directory = self.shared_directory = os.path.join(workdir, CHECKPOINTS)
         if not chief:
-            self.directory = os.path.join(workdir, f".worker-scratch-{os.getpid()}")
+            # Named by task, not process: a worker restarted after a kill reuses and then
+            # deletes the scratch of its killed predecessor.
+            scratch = f".worker-scratch-{distribute.task_name()}"
+            self.directory = os.path.join(workdir, scratch)
         with strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.checkpoint = tf.train.Checkpoint(step=self.step, **tracked_objects(model))
@@ -87,8 +94,12 @@ class Manager:
             kept = f"{self.directory}.before-restart-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(self.directory, kept)
             logging.warning("--restart: previous checkpoints moved to %s", kept)
+        if not self.chief and tf.io.gfile.exists(self.directory):
+            tf.io.gfile.rmtree(self.directory)
         os.makedirs(self.directory, exist_ok=True)
-        latest = tf.train.latest_checkpoint(self.directory)
+        # With --restart a worker does not restore: the chief may not have moved the old files yet.
+        restart_worker = self.restart and not self.chief
+        latest = None if restart_worker else tf.train.latest_checkpoint(self.shared_directory)
         if latest is None:
             return 0
         try:

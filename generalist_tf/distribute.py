@@ -1,7 +1,10 @@
-"""Choosing the `tf.distribute` strategy: multi-worker, TPU, GPUs or (logical) CPUs.
+"""Choosing the `tf.distribute` strategy: TPU, multi-worker, GPUs or (logical) CPUs.
 
-* `TF_CONFIG` in the environment: `MultiWorkerMirroredStrategy` (one process per worker).
 * `--tpu=ADDRESS`: `TPUStrategy` (documented, not tested on this project's CPU machines).
+* `TF_CONFIG` describing more than one worker: `MultiWorkerMirroredStrategy`, one process per
+  worker (`multiworker.MultiWorkerMirroredStrategy`, with the shims Keras 3.15 `fit` needs).
+  Every worker runs the same command on the same `--workdir` (a shared file system); worker 0
+  (or the `chief` task) writes TensorBoard, checkpoints and exports.
 * otherwise `MirroredStrategy` over the local GPUs, or over `--num_cpu_replicas` logical CPU
   devices when there is no GPU (how the tests get a real 2-replica strategy on one CPU).
 """
@@ -12,6 +15,8 @@ import json
 import os
 
 import tensorflow as tf
+
+from generalist_tf import multiworker
 
 
 def configure_cpu_replicas(num_replicas: int) -> None:
@@ -44,20 +49,50 @@ def is_multi_worker() -> bool:
 
 
 def make_strategy(*, num_cpu_replicas: int = 1, tpu: str | None = None) -> tf.distribute.Strategy:
-    """The strategy for this process (see the module docstring for the order of choice)."""
-    if is_multi_worker():
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    """The strategy for this process (see the module docstring for the order of choice).
+
+    Raises:
+      ValueError: `--num_cpu_replicas` > 1 with a multi-worker `TF_CONFIG` (each worker trains
+        one replica on its CPU; the flag would be ignored).
+    """
     if tpu:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
+    if is_multi_worker():
+        if num_cpu_replicas > 1:
+            raise ValueError(
+                f"--num_cpu_replicas={num_cpu_replicas} cannot be combined with a multi-worker "
+                "TF_CONFIG: each worker trains one replica per GPU, or one on its CPU"
+            )
+        return multiworker.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])
     configure_cpu_replicas(num_cpu_replicas)
     cpus = tf.config.list_logical_devices("CPU")[: max(1, num_cpu_replicas)]
     return tf.distribute.MirroredStrategy([d.name for d in cpus])
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with auto-sharding by DATA: each worker keeps its slice of every global batch.
+
+    Under `MultiWorkerMirroredStrategy`, `experimental_distribute_dataset` splits each global
+    batch into one slice per replica and, with policy DATA, worker w keeps the slices of its
+    replicas: the workers together see exactly the global batches of a single process, in the
+    same replica order. The default policy AUTO would first try FILE, which does not apply to
+    datasets built from in-memory tensors. Without multiple workers the policy is not used.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def task_name() -> str:
+    """This process's `TF_CONFIG` task as `<type>-<index>` (e.g. `worker-1`), or `local`."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task")
+    return f"{task.get('type', 'worker')}-{task.get('index', 0)}" if task else "local"
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
