@@ -8,6 +8,7 @@ e.g. `--epsilon must be in (0, 1] for images in [0, 1], got 8.0`. Library code r
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping
 
 from generalist_tf import attacks, data, learners, models, schedules, variants
@@ -56,6 +57,13 @@ class Config:
     eval_attack: learners.Attack
     eval_epsilon_l2: float
     eval_examples: int | None
+    eval_restarts: int
+    eval_square_queries: int
+    eval_apgd_steps: int
+    eval_attacks: tuple[str, ...] | None
+    reference: str | None
+    surrogate: str | None
+    final_eval: bool
     select_metric: str
     seed: int
     num_cpu_replicas: int
@@ -239,9 +247,11 @@ def from_flags(values: Mapping[str, Any]) -> Config:
             max(1, v["l2_num_steps"]),
         )
 
-    default_linf, default_l2 = _EVAL_EPSILONS.get(
-        v["dataset"], (linf_attack.epsilon, l2_attack.epsilon)
-    )
+    if v["dataset"] not in _EVAL_EPSILONS:
+        # No default budget for a user's npz: the scale of its threat model is theirs to state.
+        for flag in ("eval_epsilon_linf", "eval_epsilon_l2"):
+            _require(bool(str(v[flag])), f"--{flag} is required with --dataset={v['dataset']}")
+    default_linf, default_l2 = _EVAL_EPSILONS.get(v["dataset"], (None, None))
     eval_linf = _fraction(v, "eval_epsilon_linf") if str(v["eval_epsilon_linf"]) else default_linf
     eval_l2 = _fraction(v, "eval_epsilon_l2") if str(v["eval_epsilon_l2"]) else default_l2
     _require(
@@ -251,6 +261,26 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     _require(v["eval_num_steps"] >= 1, f"--eval_num_steps must be >= 1, got {v['eval_num_steps']}")
     # PGD evaluation step: eps/4 (2/255 at 8/255, the protocol's setting).
     eval_attack = learners.Attack("linf", eval_linf, eval_linf / 4, v["eval_num_steps"])
+
+    for flag in ("eval_restarts", "eval_square_queries", "eval_apgd_steps"):
+        _require(v[flag] >= 1, f"--{flag} must be >= 1, got {v[flag]}")
+    _require(
+        v["reference"] in ("", "art"), f"--reference must be '' or 'art', got {v['reference']!r}"
+    )
+    eval_attacks = tuple(a.strip() for a in v["eval_attacks"].split(",") if a.strip()) or None
+    if eval_attacks:
+        from generalist_tf import evaluate
+
+        unknown = sorted(set(eval_attacks) - set(evaluate.ATTACK_NAMES))
+        _require(
+            not unknown,
+            f"--eval_attacks: unknown {unknown}; choose from {', '.join(evaluate.ATTACK_NAMES)}",
+        )
+    if v["mode"] == "eval":
+        _require(
+            os.path.isdir(v["model"]),
+            f"--model={v['model']} is not a directory: --mode=eval takes an exported SavedModel",
+        )
 
     select_metric = v["select_metric"]
     if select_metric == "auto":
@@ -287,6 +317,13 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         eval_attack=eval_attack,
         eval_epsilon_l2=eval_l2,
         eval_examples=v["eval_examples"] or None,
+        eval_restarts=v["eval_restarts"],
+        eval_square_queries=v["eval_square_queries"],
+        eval_apgd_steps=v["eval_apgd_steps"],
+        eval_attacks=eval_attacks,
+        reference=v["reference"] or None,
+        surrogate=v["surrogate"] or None,
+        final_eval=v["final_eval"],
         select_metric=select_metric,
         seed=v["seed"],
         num_cpu_replicas=v["num_cpu_replicas"],

@@ -86,6 +86,11 @@ def load_serving(path: str):
         )
     input_name = next(iter(inputs))
     output_name = next(iter(serve.structured_outputs))
-    return lambda images: serve(**{input_name: tf.convert_to_tensor(images, tf.float32)})[
-        output_name
-    ]
+
+    def logits(images):
+        return serve(**{input_name: tf.convert_to_tensor(images, tf.float32)})[output_name]
+
+    # The signature holds only weak references to the model's variables: keep the model alive
+    # as long as the function is (otherwise "referencing variables which have been deleted").
+    logits.saved_model = loaded
+    return logits

@@ -61,7 +61,9 @@ def _config(flagfile: str, overrides: dict):
     return config.from_flags(values.flag_values_dict())
 
 
-def run_one(method: str, seed: int, *, root: str, suite: str, extra: dict, eval_kwargs: dict) -> Run:
+def run_one(
+    method: str, seed: int, *, root: str, suite: str, extra: dict, eval_kwargs: dict
+) -> Run:
     """Trains one method with one seed and evaluates its exported G."""
     from generalist_tf import data, evaluate, export, train
 
@@ -206,8 +208,14 @@ def main(argv):
     start, runs = time.time(), []
     for method in FLAGS.methods:
         for seed in map(int, FLAGS.seeds):
-            run = run_one(method, seed, root=FLAGS.workdir, suite=FLAGS.suite, extra=extra,
-                          eval_kwargs=eval_kwargs)
+            run = run_one(
+                method,
+                seed,
+                root=FLAGS.workdir,
+                suite=FLAGS.suite,
+                extra=extra,
+                eval_kwargs=eval_kwargs,
+            )
             logging.warning("%s seed %d: %s (%.0f s)", method, seed, run.metrics, run.seconds)
             runs.append(run)
             with open(os.path.join(FLAGS.workdir, "runs.json"), "w") as f:
@@ -216,8 +224,14 @@ def main(argv):
         f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]}"
         for name in ("suite", "workdir", "seeds", "methods", "epochs", "square_queries")
     )
-    write_results(FLAGS.results, runs, suite=FLAGS.suite, seeds=FLAGS.seeds,
-                  wall=time.time() - start, command=command)
+    write_results(
+        FLAGS.results,
+        runs,
+        suite=FLAGS.suite,
+        seeds=FLAGS.seeds,
+        wall=time.time() - start,
+        command=command,
+    )
 
 
 if __name__ == "__main__":

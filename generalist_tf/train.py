@@ -262,7 +262,25 @@ def _train(config: Config) -> dict:
         export.export_saved_model(
             model.global_network, build_network, os.path.join(config.workdir, EXPORT_LAST)
         )
+    table = _format_table(test, config, best_epoch)
+    if chief and config.final_eval:
+        # The evaluation suite on the exported G (test split), as `--mode=eval` would run it.
+        from generalist_tf import evaluate
+
+        report = evaluate.run_on_export(
+            config, os.path.join(config.workdir, EXPORT_BEST), config.workdir
+        )
+        results["robustness"] = {
+            "of": EXPORT_BEST,
+            "report": evaluate.REPORT_JSON,
+            "clean_accuracy": report["clean_accuracy"],
+            "worst_case": report["worst_case"],
+            "union_accuracy": report["union_accuracy"],
+            "alarms": report["alarms"],
+        }
+        table += "\n\nAttack suite on the exported G (test split):\n" + report["table"]
+    if chief:
         with open(os.path.join(config.workdir, RESULTS), "w") as f:
             json.dump(results, f, indent=2)
-    results["table"] = _format_table(test, config, best_epoch)
+    results["table"] = table
     return results

@@ -33,6 +33,8 @@ CONFIG_CASES = [
     ({"learning_rate": "0:0.1,1:0"}, "--learning_rate values must be > 0"),
     ({"learners": "natural"}, "--learners is only read with --variant=custom"),
     ({"jit_compile": "maybe"}, "--jit_compile must be one of"),
+    ({"dataset": "npz:/tmp/x.npz"}, "--eval_epsilon_linf is required with --dataset=npz:"),
+    ({"eval_attacks": "pgd7_linf"}, "--eval_attacks: unknown ['pgd7_linf']"),
     ({"epsilon": "0.3  # eps"}, "holds a trailing comment"),
 ]
 
@@ -126,7 +128,13 @@ def test_bad_npz(tmp_path, arrays, fragment):
         path.write_bytes(b"this is not a zip archive")
     else:
         np.savez(path, **arrays)
-    result = run_main(*FAST, f"--dataset=npz:{path}", f"--workdir={tmp_path / 'run'}")
+    result = run_main(
+        *FAST,
+        f"--dataset=npz:{path}",
+        "--eval_epsilon_linf=0.3",
+        "--eval_epsilon_l2=1.0",
+        f"--workdir={tmp_path / 'run'}",
+    )
     assert_one_line_error(result, str(path), fragment)
 
 

@@ -21,6 +21,7 @@ PIP_LOAD = "@pip//:requirements.bzl"
 # Top-level import name -> the pip distribution `requirement()` names.
 THIRD_PARTY = {
     "absl": "absl-py",
+    "art": "adversarial-robustness-toolbox",
     "cleverhans": "cleverhans",
     "keras": "keras",
     "matplotlib": "matplotlib",

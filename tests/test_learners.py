@@ -119,7 +119,10 @@ def test_only_the_stepping_learner_moves():
         tiny_network(),
         eval_attack=learners.Attack("linf", 0.1, 0.05, 2),
     )
-    before = {learner.name: [w.numpy().copy() for w in learner.network.weights] for learner in model.learners}
+    before = {
+        learner.name: [w.numpy().copy() for w in learner.network.weights]
+        for learner in model.learners
+    }
     ema_before = [w.numpy().copy() for w in robust.ema_network.weights]
     x = tf.random.uniform((BATCH, *SHAPE))
     y = tf.constant([0, 1, 2, 0, 1, 2])

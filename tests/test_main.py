@@ -27,10 +27,14 @@ def run_main(*args, timeout=600):
     )
 
 
+# Training ends with the attack suite on the exported G (small budgets here).
+SMOKE_EXTRA = ("--final_eval", "--eval_square_queries=100", "--eval_apgd_steps=10")
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("smoke"))
-    result = run_main("--flagfile=flags/smoke.cfg", f"--workdir={workdir}")
+    result = run_main("--flagfile=flags/smoke.cfg", f"--workdir={workdir}", *SMOKE_EXTRA)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -92,13 +96,21 @@ def test_smoke_results_and_table(smoke_run):
             assert 0.0 <= results["test"][f"{prefix}/{metric}"] <= 1.0
             assert f"{prefix}/{metric}" in results["test"]
     assert "global/pgd_accuracy" in results["validation"]
+    robustness = results["robustness"]
+    assert robustness["of"] == "export" and set(robustness["worst_case"]) == {"linf", "l2"}
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    assert report["num_examples"] == 128 and report["attacks"]["pgd100_linf"]["num_steps"] == 100
+    assert "Attack suite on the exported G" in result.stdout
     assert "G (exported, epoch" in result.stdout and "PGD-5 linf" in result.stdout
 
 
 def test_smoke_flags_record_reparses_to_the_same_config(smoke_run):
     workdir, _ = smoke_run
     recorded = parse_flags(f"--flagfile={os.path.join(workdir, 'flags.cfg')}")
-    original = config_from("smoke.cfg", workdir=workdir)
+    original = config_from(
+        "smoke.cfg", workdir=workdir, final_eval=True, eval_square_queries=100, eval_apgd_steps=10
+    )
     assert config.from_flags(recorded.flag_values_dict()) == original
 
 
@@ -160,17 +172,86 @@ def test_bad_flags_fail_with_one_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("variant", ["standard", "pgd_at", "trades", "avg", "max", "msd",
-                                     "generalist_d_multinorm", "generalist_t"])
+@pytest.mark.parametrize(
+    "variant",
+    ["standard", "pgd_at", "trades", "avg", "max", "msd", "generalist_d_multinorm", "generalist_t"],
+)
 def test_every_variant_trains_evaluates_and_exports(tmp_path, variant):
     from generalist_tf import train
 
     cfg = config_from(
-        "smoke.cfg", variant=variant, epochs=2, num_steps=2, l2_num_steps=2, eval_num_steps=2,
-        eval_examples=64, workdir=str(tmp_path), verbose=0,
+        "smoke.cfg",
+        variant=variant,
+        epochs=2,
+        num_steps=2,
+        l2_num_steps=2,
+        eval_num_steps=2,
+        eval_examples=64,
+        workdir=str(tmp_path),
+        verbose=0,
     )
     results = train.train(cfg)
     assert results["learners"] == list(cfg.learners)
     for name in cfg.learners:
         assert f"{name}_ema/clean_accuracy" in results["test"]
     assert os.path.isdir(tmp_path / "export") and os.path.isdir(tmp_path / "export_last")
+
+
+EVAL_FAST = [
+    "--eval_square_queries=50",
+    "--eval_apgd_steps=5",
+    "--eval_examples=64",
+    "--eval_attacks=fgsm_linf,pgd20_linf,apgd_ce_linf,square_linf,pgd20_l2",
+]
+
+
+def test_eval_mode_on_the_export_and_on_an_npz(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    arrays = data.load("digits")
+    npz = tmp_path / "digits_test.npz"
+    np.savez(npz, x_test=(arrays.x_test * 255).round().astype(np.uint8), y_test=arrays.y_test)
+    # digits has default budgets (0.3, 1.0); an npz must state its own.
+    for dataset, budget in (
+        ("digits", ()),
+        (f"npz:{npz}", ("--eval_epsilon_linf=0.3", "--eval_epsilon_l2=1.0")),
+    ):
+        out = tmp_path / dataset.replace(":", "_").replace("/", "_")
+        result = run_main(
+            "--mode=eval",
+            f"--model={workdir}/export",
+            f"--dataset={dataset}",
+            f"--workdir={out}",
+            *EVAL_FAST,
+            *budget,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(out / "report.json") as f:
+            report = json.load(f)
+        assert set(report) >= {
+            "clean_accuracy",
+            "num_examples",
+            "attacks",
+            "worst_case",
+            "union_accuracy",
+            "alarms",
+        }
+        assert report["num_examples"] == 64
+        assert report["attacks"]["pgd20_linf"]["num_steps"] == 20
+        assert report["attacks"]["pgd20_linf"]["epsilon"] == pytest.approx(0.3)
+        assert "pgd20_linf" in result.stdout
+
+
+def test_eval_mode_rejects_a_savedmodel_without_the_signature(tmp_path):
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    tf.saved_model.save(module, str(tmp_path / "bare"))
+    result = run_main(
+        "--mode=eval",
+        f"--model={tmp_path / 'bare'}",
+        "--dataset=digits",
+        f"--workdir={tmp_path / 'out'}",
+        *EVAL_FAST,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "serving_default" in last, result.stderr[-2000:]

@@ -1,0 +1,917 @@
+"""The robustness evaluation suite: every attack of the protocol, a report, plots and alarms.
+
+`evaluate_model` runs the attacks named in `ATTACK_NAMES` (or a subset) on the same examples and
+writes, under its work directory:
+  * `report.json`: clean accuracy, per-attack accuracy and budget, per-norm worst case and the
+    union over all attacks (both from per-example masks), the gradient-masking alarms, and,
+    when asked, a third-party reference run;
+  * `report.md`: the same as a paper-style table;
+  * `accuracy_vs_epsilon_<norm>.png` (+ `accuracy_vs_epsilon.json`): PGD-20 accuracy at
+    `EPSILON_FRACTIONS` times the nominal epsilon;
+  * TensorBoard scalars under `eval/`.
+
+Accuracy conventions: an attack's accuracy is the accuracy on its adversarial examples (with
+restarts, an example counts as correct only if every restart failed); the worst case and the
+union also count an example misclassified without attack as not robust, since x lies in every
+ball.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from generalist_tf import alarms, robust_attacks
+from generalist_tf import attacks as pgd_attacks
+
+NORMS = ("linf", "l2")
+ATTACK_NAMES = (
+    "fgsm_linf",
+    "pgd20_linf",
+    "pgd100_linf",
+    "cw_linf",
+    "mim_linf",
+    "apgd_ce_linf",
+    "apgd_t_linf",
+    "square_linf",
+    "pgd20_l2",
+    "pgd100_l2",
+    "apgd_ce_l2",
+)
+# Added when a surrogate model is given: PGD-20 on the surrogate, evaluated on the model.
+TRANSFER_ATTACK = "transfer_pgd20_linf"
+# Black-box and transfer attacks; every other attack is a white-box gradient attack.
+NON_GRADIENT_ATTACKS = ("square_linf", TRANSFER_ATTACK)
+# Step sizes of PGD, CW and MIM as a fraction of epsilon (2/255 for 8/255, the usual protocol).
+STEP_FRACTION = 0.25
+CW_STEPS = 30
+MIM_STEPS = 20
+# Accuracy-vs-epsilon curve: PGD-20 at these multiples of the nominal epsilon.
+EPSILON_FRACTIONS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+# Gradient-health and unbounded-attack alarms run on at most this many examples.
+ALARM_EXAMPLES = 256
+# Tolerances of the threat-model check on every adversarial batch (float32 rounding).
+BALL_TOLERANCE = 1e-5
+REFERENCES = ("art",)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CURVE_JSON = "accuracy_vs_epsilon.json"
+SUMMARY_DIR = "eval"
+CLEAN_ACCURACY_METRIC = "eval/clean_accuracy"
+UNION_ACCURACY_METRIC = "eval/union_accuracy"
+NUM_ALARMS_METRIC = "eval/num_alarms"
+
+
+def curve_png(norm: str) -> str:
+    """File name of the accuracy-vs-epsilon plot of `norm`."""
+    return f"accuracy_vs_epsilon_{norm}.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """One attack of the suite.
+
+    `run(model, x, y, epsilon, seed)` returns adversarial images for one batch. It is called
+    `repeats` times with different seeds and an example is robust only if it survives all of
+    them; `restarts` is what the report states (APGD restarts internally, so repeats 1).
+    """
+
+    name: str
+    norm: str
+    num_steps: int
+    restarts: int
+    repeats: int
+    run: Callable
+    description: str
+
+
+def _pgd_attack(name, norm, num_steps, restarts, jit_compile, loss="ce", description=""):
+    """PGD from a random start (`attacks.pgd`), `restarts` independent times."""
+
+    def run(model, x, y, epsilon, seed):
+        return pgd_attacks.pgd(
+            model,
+            x,
+            y,
+            norm=norm,
+            epsilon=epsilon,
+            step_size=STEP_FRACTION * epsilon if epsilon > 0 else 1.0,
+            num_steps=num_steps,
+            random_start=True,
+            loss=loss,
+            jit_compile=jit_compile,
+            seed=tf.constant([seed, 0], tf.int64),
+        )
+
+    description = description or (
+        f"PGD-{num_steps} ({loss.upper()}), random start, step {STEP_FRACTION:g} x epsilon"
+    )
+    return Attack(name, norm, num_steps, restarts, restarts, run, description)
+
+
+def attack_suite(
+    *, restarts: int = 1, apgd_steps: int = 100, square_queries: int = 5000, jit_compile="auto"
+) -> dict[str, Attack]:
+    """The attacks of `ATTACK_NAMES` and `TRANSFER_ATTACK` with their budgets.
+
+    Epsilon is given at run time. Step sizes are `STEP_FRACTION` x epsilon for PGD, CW and MIM;
+    APGD sets its own (2 x epsilon, then halved at its checkpoints).
+    """
+
+    def fgsm(model, x, y, epsilon, seed):
+        del seed
+        return robust_attacks.fgsm(model, x, y, epsilon=epsilon, jit_compile=jit_compile)
+
+    def mim(model, x, y, epsilon, seed):
+        del seed
+        return robust_attacks.mim(
+            model,
+            x,
+            y,
+            epsilon=epsilon,
+            step_size=STEP_FRACTION * epsilon if epsilon > 0 else 1.0,
+            num_steps=MIM_STEPS,
+            jit_compile=jit_compile,
+        )
+
+    def apgd(norm, loss):
+        def run(model, x, y, epsilon, seed):
+            return robust_attacks.apgd(
+                model,
+                x,
+                y,
+                norm=norm,
+                epsilon=epsilon,
+                num_steps=apgd_steps,
+                loss=loss,
+                restarts=restarts,
+                seed=seed,
+                jit_compile=jit_compile,
+            )
+
+        return run
+
+    def square(model, x, y, epsilon, seed):
+        return robust_attacks.square(
+            model,
+            x,
+            y,
+            epsilon=epsilon,
+            num_queries=square_queries,
+            seed=seed,
+            jit_compile=jit_compile,
+        )
+
+    targets = robust_attacks.APGD_TARGET_CLASSES
+    suite = [
+        Attack("fgsm_linf", "linf", 1, 1, 1, fgsm, "FGSM, one step of epsilon from x"),
+        _pgd_attack("pgd20_linf", "linf", 20, restarts, jit_compile),
+        _pgd_attack("pgd100_linf", "linf", 100, restarts, jit_compile),
+        _pgd_attack(
+            "cw_linf",
+            "linf",
+            CW_STEPS,
+            restarts,
+            jit_compile,
+            loss="cw",
+            description=(
+                f"CW-inf: PGD-{CW_STEPS} on the CW margin (kappa {pgd_attacks.CW_KAPPA:g}), random "
+                f"start, step {STEP_FRACTION:g} x epsilon"
+            ),
+        ),
+        Attack(
+            "mim_linf",
+            "linf",
+            MIM_STEPS,
+            1,
+            1,
+            mim,
+            f"MIM-{MIM_STEPS}, decay 1.0, step {STEP_FRACTION:g} x epsilon, from x",
+        ),
+        Attack(
+            "apgd_ce_linf",
+            "linf",
+            apgd_steps,
+            restarts,
+            1,
+            apgd("linf", "ce"),
+            f"APGD-CE, {apgd_steps} iterations per restart",
+        ),
+        Attack(
+            "apgd_t_linf",
+            "linf",
+            apgd_steps,
+            restarts,
+            1,
+            apgd("linf", "dlr_targeted"),
+            f"APGD-T (targeted DLR), up to {targets} target classes x {apgd_steps} iterations "
+            f"per restart",
+        ),
+        Attack(
+            "square_linf",
+            "linf",
+            square_queries,
+            1,
+            1,
+            square,
+            f"Square Attack, {square_queries} queries (steps = queries), p_init 0.8",
+        ),
+        _pgd_attack("pgd20_l2", "l2", 20, restarts, jit_compile),
+        _pgd_attack("pgd100_l2", "l2", 100, restarts, jit_compile),
+        Attack(
+            "apgd_ce_l2",
+            "l2",
+            apgd_steps,
+            restarts,
+            1,
+            apgd("l2", "ce"),
+            f"APGD-CE, {apgd_steps} iterations per restart",
+        ),
+    ]
+    suite.append(
+        _pgd_attack(
+            TRANSFER_ATTACK,
+            "linf",
+            20,
+            restarts,
+            jit_compile,
+            description=(
+                f"PGD-20 (CE) on the surrogate model, random start, step {STEP_FRACTION:g} x "
+                f"epsilon, evaluated on the model"
+            ),
+        )
+    )
+    return {attack.name: attack for attack in suite}
+
+
+def _to_float_images(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    return np.argmax(np.asarray(model(tf.constant(x), training=False)), axis=-1)
+
+
+def _check_threat_model(name, x_adv, x, norm, epsilon):
+    """Raises RuntimeError if an attack left the ball or the pixel box (it would inflate success)."""
+    delta = (x_adv - x).reshape(len(x), -1)
+    if norm == "linf":
+        distance = np.max(np.abs(delta), axis=1)
+    else:
+        distance = np.sqrt(np.sum(np.square(delta.astype(np.float64)), axis=1))
+    if distance.max(initial=0.0) > epsilon * (1 + BALL_TOLERANCE) + BALL_TOLERANCE:
+        raise RuntimeError(
+            f"{name} left the {norm} ball of radius {epsilon}: distance {distance.max()}"
+        )
+    if x_adv.min(initial=0.0) < 0.0 or x_adv.max(initial=1.0) > 1.0 or not np.isfinite(x_adv).all():
+        raise RuntimeError(f"{name} left the [0, 1] pixel box or produced non-finite pixels")
+
+
+def _seed_stream(attack_index: int, batch_index: int, repeat: int) -> int:
+    """A distinct, reproducible random stream per (attack, batch, restart)."""
+    return (attack_index * 100_003 + batch_index) * 1_009 + repeat
+
+
+def run_attack(
+    model,
+    x,
+    y,
+    attack: Attack,
+    *,
+    epsilon: float,
+    batch_size: int = 256,
+    seed: int = 0,
+    stream: int = 0,
+    progress: keras.utils.Progbar | None = None,
+    target_model=None,
+) -> np.ndarray:
+    """Per-example correctness of the model under one attack, batch by batch.
+
+    Args:
+      model: the model the attack differentiates / queries (a `robust_attacks.Classifier`).
+      x, y: float32 images in [0, 1] and int labels (numpy).
+      attack: the attack and its budget.
+      epsilon: the radius of the attack's norm ball.
+      batch_size: examples per attack call.
+      seed: the evaluation seed.
+      stream: distinguishes attacks that share `seed` (the attack's index in the suite).
+      progress: a progress bar advanced by one per batch.
+      target_model: the model classified on the adversarial examples when it is not `model`
+        (transfer attacks).
+
+    Returns:
+      Boolean array: the example is classified correctly under every repeat of the attack.
+
+    Raises:
+      RuntimeError: an adversarial example outside the ball or the pixel box.
+    """
+    target_model = model if target_model is None else target_model
+    correct = np.ones(len(x), bool)
+    for batch_index, start in enumerate(range(0, len(x), batch_size)):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        for repeat in range(attack.repeats):
+            batch_seed = seed * 1_000_003 + _seed_stream(stream, batch_index, repeat)
+            x_adv = np.asarray(attack.run(model, xb, yb, epsilon, batch_seed))
+            _check_threat_model(attack.name, x_adv, xb, attack.norm, epsilon)
+            correct[start : start + batch_size] &= _predict(target_model, x_adv) == yb
+        if progress is not None:
+            progress.add(1)
+    return correct
+
+
+def _num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def _validate(
+    epsilon_linf,
+    epsilon_l2,
+    batch_size,
+    restarts,
+    apgd_steps,
+    square_queries,
+    names,
+    reference,
+    epsilon_fractions,
+):
+    """Raises ValueError, naming the argument and its value, for an invalid evaluation."""
+    for flag, value in (("epsilon_linf", epsilon_linf), ("epsilon_l2", epsilon_l2)):
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+    for flag, value in (
+        ("batch_size", batch_size),
+        ("restarts", restarts),
+        ("apgd_steps", apgd_steps),
+        ("square_queries", square_queries),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
+    unknown = [name for name in names if name not in ATTACK_NAMES]
+    if unknown or not names:
+        raise ValueError(f"attacks must be a non-empty subset of {ATTACK_NAMES}, got {names}")
+    if reference is not None and reference not in REFERENCES:
+        raise ValueError(f"reference must be None or one of {REFERENCES}, got {reference!r}")
+    fractions = list(epsilon_fractions)
+    if fractions != sorted(fractions) or any(not f >= 0 for f in fractions):
+        raise ValueError(f"epsilon_fractions must be increasing and >= 0, got {epsilon_fractions}")
+
+
+def evaluate_model(
+    model,
+    x,
+    y,
+    *,
+    workdir: str,
+    epsilon_linf: float,
+    epsilon_l2: float,
+    batch_size: int = 256,
+    seed: int = 0,
+    restarts: int = 1,
+    square_queries: int = 5000,
+    apgd_steps: int = 100,
+    attacks=None,
+    reference: str | None = None,
+    surrogate=None,
+    jit_compile="auto",
+    tensorboard: bool = True,
+    epsilon_fractions=EPSILON_FRACTIONS,
+    verbose: int = 1,
+) -> dict:
+    """Evaluates a classifier under the attack suite and writes the report, plots and summaries.
+
+    Args:
+      model: a Keras model or a callable `images -> logits` (e.g. `export.load_serving(path)`).
+      x: test images, uint8 in [0, 255] or float in [0, 1], (N, H, W, C).
+      y: int labels, (N,).
+      workdir: output directory (created).
+      epsilon_linf, epsilon_l2: the nominal radii of the two threat models.
+      batch_size: examples per attack call.
+      seed: every random start and random search is a pure function of it.
+      restarts: random restarts of PGD, CW and APGD (an example counts as robust only if it
+        survives all of them).
+      square_queries: queries per example of the Square Attack.
+      apgd_steps: iterations of each APGD run.
+      attacks: names from `ATTACK_NAMES` to run (None: all). APGD-T is left out, with a warning,
+        for fewer than 4 classes (its DLR loss is undefined there).
+      reference: None, or "art" to cross-check PGD-20 and APGD-CE with the Adversarial
+        Robustness Toolbox (`pip install -r requirements-art.txt`).
+      surrogate: optional model (same input) for a transfer attack, `TRANSFER_ATTACK`.
+      jit_compile: compile policy of the attacks (see `attacks.resolve_jit_compile`).
+      tensorboard: write TensorBoard scalars under `workdir/eval`.
+      epsilon_fractions: multiples of each nominal epsilon for the accuracy-vs-epsilon curves,
+        increasing (their last point feeds the large-epsilon alarm); () skips the curves.
+      verbose: 1 shows a progress bar over attacks and batches, 0 is silent.
+
+    Returns:
+      The report, as written to `report.json`.
+
+    Raises:
+      ValueError: an argument outside its range, or mismatched `x` and `y`.
+      RuntimeError: an attack produced an example outside its threat model.
+    """
+    names = list(ATTACK_NAMES if attacks is None else attacks)
+    _validate(
+        epsilon_linf,
+        epsilon_l2,
+        batch_size,
+        restarts,
+        apgd_steps,
+        square_queries,
+        names,
+        reference,
+        epsilon_fractions,
+    )
+    x, y = _to_float_images(x), np.asarray(y).astype(np.int64)
+    if x.ndim != 4 or y.shape != (len(x),) or len(x) == 0:
+        raise ValueError(f"need images (N, H, W, C) and labels (N,), got {x.shape} and {y.shape}")
+    os.makedirs(workdir, exist_ok=True)
+    classifier = robust_attacks.as_classifier(model)
+    epsilons = {"linf": float(epsilon_linf), "l2": float(epsilon_l2)}
+    suite = attack_suite(
+        restarts=restarts,
+        apgd_steps=apgd_steps,
+        square_queries=square_queries,
+        jit_compile=jit_compile,
+    )
+    runs = _selected_attacks(
+        suite, names, num_classes=int(classifier(x[:1]).shape[-1]), transfer=surrogate is not None
+    )
+    surrogate_classifier = None if surrogate is None else robust_attacks.as_classifier(surrogate)
+    fractions = tuple(float(f) for f in epsilon_fractions)
+    curve_norms = [
+        norm for norm in NORMS if fractions and any(attack.norm == norm for _, attack in runs)
+    ]
+    batches = _num_batches(len(x), batch_size)
+    sweeps = sum(1 for f in fractions if f not in (0.0, 1.0)) * len(curve_norms)
+    progress = keras.utils.Progbar(
+        batches * (len(runs) + sweeps), unit_name="batch", verbose=verbose
+    )
+
+    clean = _predict(classifier, x) == y
+    masks, entries = {}, {}
+    for name, attack in runs:
+        started = time.perf_counter()
+        is_transfer = name == TRANSFER_ATTACK
+        masks[name] = run_attack(
+            surrogate_classifier if is_transfer else classifier,
+            x,
+            y,
+            attack,
+            epsilon=epsilons[attack.norm],
+            batch_size=batch_size,
+            seed=seed,
+            stream=len(ATTACK_NAMES) if is_transfer else ATTACK_NAMES.index(name),
+            progress=progress,
+            target_model=classifier if is_transfer else None,
+        )
+        entries[name] = {
+            "accuracy": float(np.mean(masks[name])),
+            "norm": attack.norm,
+            "epsilon": epsilons[attack.norm],
+            "num_steps": attack.num_steps,
+            "restarts": attack.restarts,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        logging.info("%s: accuracy %.4f (%s)", name, entries[name]["accuracy"], attack.description)
+
+    curves = {}
+    for norm in curve_norms:
+        curves[norm] = _epsilon_curve(
+            classifier,
+            x,
+            y,
+            suite[f"pgd20_{norm}"],
+            epsilons[norm],
+            fractions,
+            clean,
+            masks,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
+
+    report = summarise(clean, masks, entries)
+    report["alarms"] = _alarms(classifier, x, y, report, curves, seed=seed, jit_compile=jit_compile)
+    for alarm in report["alarms"]:
+        logging.warning("gradient-masking alarm: %s", alarm)
+    if reference == "art":
+        report["reference"] = art_reference(
+            classifier,
+            x,
+            y,
+            names=[name for name, _ in runs],
+            epsilons=epsilons,
+            apgd_steps=apgd_steps,
+            restarts=restarts,
+            batch_size=batch_size,
+            seed=seed,
+            ours=entries,
+        )
+
+    descriptions = {name: attack.description for name, attack in runs}
+    write_outputs(workdir, report, curves, descriptions, tensorboard=tensorboard)
+    return report
+
+
+def run_from_config(config) -> dict:
+    """`--mode=eval`: the suite on the test split for the SavedModel at `config.model`.
+
+    Uses `eval_epsilon_linf` / `eval_epsilon_l2`, `eval_batch_size`, `eval_examples` (a subset
+    chosen by `seed`), `seed`, `jit_compile` and `verbose`; writes into `config.workdir`.
+
+    Returns:
+      The report plus `table`, its markdown (not part of report.json).
+
+    Raises:
+      ValueError: the model is not a serving SavedModel, or the dataset cannot be loaded.
+    """
+    return run_on_export(config, config.model, config.workdir)
+
+
+def run_on_export(config, path: str, workdir: str) -> dict:
+    """The suite of `run_from_config` on the SavedModel at `path`, written into `workdir`."""
+    from generalist_tf import data, export
+
+    model = export.load_serving(path)
+    arrays = data.load(config.dataset, data_dir=config.data_dir, require_train=False)
+    x, y = arrays.x_test, arrays.y_test
+    if config.eval_examples is not None and config.eval_examples < len(x):
+        index = np.sort(
+            np.random.default_rng(config.seed).permutation(len(x))[: config.eval_examples]
+        )
+        x, y = x[index], y[index]
+    report = evaluate_model(
+        model,
+        x,
+        y,
+        workdir=workdir,
+        epsilon_linf=config.eval_attack.epsilon,
+        epsilon_l2=config.eval_epsilon_l2,
+        batch_size=config.eval_batch_size,
+        seed=config.seed,
+        restarts=config.eval_restarts,
+        square_queries=config.eval_square_queries,
+        apgd_steps=config.eval_apgd_steps,
+        attacks=config.eval_attacks,
+        reference=config.reference,
+        surrogate=export.load_serving(config.surrogate) if config.surrogate else None,
+        jit_compile=config.jit_compile,
+        verbose=min(config.verbose, 1),
+    )
+    with open(os.path.join(workdir, REPORT_MD)) as f:
+        return dict(report, table=f.read())
+
+
+def _selected_attacks(
+    suite, names, *, num_classes: int, transfer: bool
+) -> list[tuple[str, Attack]]:
+    """The attacks to run, in `ATTACK_NAMES` order, then the transfer attack if asked."""
+    if "apgd_t_linf" in names and num_classes < 4:
+        logging.warning(
+            "apgd_t_linf left out: targeted DLR needs >= 4 classes, got %d", num_classes
+        )
+    runs = [
+        (name, suite[name])
+        for name in ATTACK_NAMES
+        if name in names and not (name == "apgd_t_linf" and num_classes < 4)
+    ]
+    if transfer:
+        runs.append((TRANSFER_ATTACK, suite[TRANSFER_ATTACK]))
+    return runs
+
+
+def write_outputs(
+    workdir: str, report: dict, curves: dict, descriptions: dict, *, tensorboard: bool = True
+) -> None:
+    """Writes report.json, report.md, the curves (JSON and PNGs) and the TensorBoard scalars."""
+    with open(os.path.join(workdir, REPORT_JSON), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(workdir, REPORT_MD), "w") as f:
+        f.write(markdown_report(report, descriptions))
+    with open(os.path.join(workdir, CURVE_JSON), "w") as f:
+        json.dump(curves, f, indent=2)
+    for norm, curve in curves.items():
+        plot_epsilon_curve(curve, norm, os.path.join(workdir, curve_png(norm)))
+    if tensorboard:
+        write_summaries(report, curves, os.path.join(workdir, SUMMARY_DIR))
+
+
+def _epsilon_curve(
+    model, x, y, pgd20, epsilon, fractions, clean, masks, *, batch_size, seed, progress
+):
+    """PGD-20 accuracy at `fractions` x epsilon; reuses the nominal run when it exists."""
+    accuracies = []
+    for fraction in fractions:
+        if fraction == 0.0:
+            mask = clean
+        elif fraction == 1.0 and pgd20.name in masks:
+            mask = masks[pgd20.name]
+        else:
+            mask = run_attack(
+                model,
+                x,
+                y,
+                pgd20,
+                epsilon=fraction * epsilon,
+                batch_size=batch_size,
+                seed=seed,
+                stream=ATTACK_NAMES.index(pgd20.name),
+                progress=progress if fraction != 1.0 else None,
+            )
+        accuracies.append(float(np.mean(mask)))
+    return {
+        "attack": pgd20.name,
+        "fractions": list(fractions),
+        "epsilons": [fraction * epsilon for fraction in fractions],
+        "accuracies": accuracies,
+    }
+
+
+def summarise(clean: np.ndarray, masks: dict, entries: dict) -> dict:
+    """The report's numbers; worst case and union from per-example masks, x itself included.
+
+    Args:
+      clean: per example, classified correctly without attack.
+      masks: attack name -> per example, classified correctly under that attack.
+      entries: attack name -> its report entry (at least `norm`).
+
+    Returns:
+      The report without alarms: `clean_accuracy`, `num_examples`, `attacks` (= `entries`),
+      `worst_case` per norm (robust to x and every attack of that norm; the clean accuracy for a
+      norm without attacks) and `union_accuracy` (robust to x and every attack).
+    """
+    worst_case = {}
+    for norm in NORMS:
+        robust = clean.copy()
+        for name, entry in entries.items():
+            if entry["norm"] == norm:
+                robust &= masks[name]
+        # With no attack of this norm the worst case is over {x} only: the clean accuracy.
+        worst_case[norm] = float(np.mean(robust))
+    union = clean.copy()
+    for mask in masks.values():
+        union &= mask
+    return {
+        "clean_accuracy": float(np.mean(clean)),
+        "num_examples": int(len(clean)),
+        "attacks": entries,
+        "worst_case": worst_case,
+        "union_accuracy": float(np.mean(union)),
+    }
+
+
+def _alarms(model, x, y, report, curves, *, seed, jit_compile) -> list[str]:
+    """Every gradient-masking check of `alarms` that the attacks run make possible."""
+    subset = slice(0, min(len(x), ALARM_EXAMPLES))
+    found = alarms.gradient_health(model, x[subset], y[subset], seed=seed)
+    found += alarms.unbounded_attack(model, x[subset], y[subset], jit_compile=jit_compile)
+    clean = report["clean_accuracy"]
+    for norm, curve in curves.items():
+        found += alarms.epsilon_curve(
+            norm, curve["epsilons"], curve["accuracies"], clean_accuracy=clean
+        )
+    accuracies = {name: entry["accuracy"] for name, entry in report["attacks"].items()}
+    whitebox = [
+        accuracy
+        for name, accuracy in accuracies.items()
+        if name not in NON_GRADIENT_ATTACKS and report["attacks"][name]["norm"] == "linf"
+    ]
+    if whitebox and "square_linf" in accuracies:
+        found += alarms.black_box("linf", min(whitebox), accuracies["square_linf"])
+    if whitebox and TRANSFER_ATTACK in accuracies:
+        found += alarms.transfer("linf", min(whitebox), accuracies[TRANSFER_ATTACK])
+    pairs = []
+    for norm in NORMS:
+        pairs += [(f"pgd20_{norm}", f"pgd100_{norm}"), (f"pgd20_{norm}", f"apgd_ce_{norm}")]
+    found += alarms.more_iterations(accuracies, pairs)
+    found += alarms.robust_above_clean(clean, accuracies)
+    return found
+
+
+def markdown_report(report: dict, descriptions: dict[str, str] | None = None) -> str:
+    """The report as markdown: a summary, the paper-style table, notes and alarms."""
+    descriptions = descriptions or {}
+    lines = [
+        "# Robustness evaluation",
+        "",
+        f"{report['num_examples']} examples; clean accuracy "
+        f"{100 * report['clean_accuracy']:.2f}%; worst case l_inf "
+        f"{100 * report['worst_case']['linf']:.2f}%, l_2 {100 * report['worst_case']['l2']:.2f}%; "
+        f"union over all attacks {100 * report['union_accuracy']:.2f}%.",
+        "",
+        "| attack | norm | epsilon | steps | restarts | accuracy (%) | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["attacks"].items():
+        lines.append(
+            f"| {name} | {entry['norm']} | {entry['epsilon']:.4g} | {entry['num_steps']} | "
+            f"{entry['restarts']} | {100 * entry['accuracy']:.2f} | {entry['seconds']:.1f} |"
+        )
+    lines += ["", "Attacks as run:", ""]
+    lines += [f"- {name}: {description}" for name, description in descriptions.items()]
+    lines += [
+        "",
+        "An attack's accuracy is measured on its adversarial examples; worst case and union also "
+        "count examples misclassified without attack.",
+        "",
+        "## Alarms",
+        "",
+    ]
+    lines += [f"- {alarm}" for alarm in report["alarms"]] or ["None."]
+    if "reference" in report:
+        reference = report["reference"]
+        lines += [
+            "",
+            f"## Reference: {reference['library']} {reference['version']}",
+            "",
+            "| reference attack | class | parameters | accuracy (%) | ours | ours (%) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, entry in reference["attacks"].items():
+            parameters = ", ".join(f"{k}={v}" for k, v in entry["parameters"].items())
+            lines.append(
+                f"| {name} | {entry['class']} | {parameters} | {100 * entry['accuracy']:.2f} | "
+                f"{entry['ours']} | {100 * entry['ours_accuracy']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _new_axes(title: str, xlabel: str, ylabel: str):
+    # A Figure with its own Agg canvas: no pyplot, no global backend state, safe in threads.
+    figure = Figure(figsize=(5, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def plot_epsilon_curve(curve: dict, norm: str, path: str) -> None:
+    """Writes the accuracy-vs-epsilon curve of one norm as a PNG."""
+    figure, axes = _new_axes(
+        f"{curve['attack']}: accuracy vs epsilon ({norm})", "epsilon", "accuracy (%)"
+    )
+    axes.plot(curve["epsilons"], [100 * a for a in curve["accuracies"]], marker="o")
+    axes.set_ylim(0, 100)
+    figure.savefig(path)
+
+
+def plot_tradeoff(points: dict[str, tuple[float, float]], path: str) -> None:
+    """Writes a natural-vs-robust accuracy scatter of several models as a PNG.
+
+    Args:
+      points: model name -> (clean accuracy, robust accuracy), fractions in [0, 1].
+      path: the PNG to write.
+    """
+    if not points:
+        raise ValueError("plot_tradeoff needs at least one model")
+    figure, axes = _new_axes(
+        "Natural vs robust accuracy", "robust accuracy (%)", "clean accuracy (%)"
+    )
+    for name, (clean, robust) in points.items():
+        axes.scatter([100 * robust], [100 * clean])
+        axes.annotate(name, (100 * robust, 100 * clean), textcoords="offset points", xytext=(4, 4))
+    figure.savefig(path)
+
+
+def write_summaries(report: dict, curves: dict, logdir: str, step: int = 0) -> None:
+    """TensorBoard scalars of a report: accuracies, worst cases, curves and the alarm count."""
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        tf.summary.scalar(CLEAN_ACCURACY_METRIC, report["clean_accuracy"], step=step)
+        for name, entry in report["attacks"].items():
+            tf.summary.scalar(f"eval/{name}/accuracy", entry["accuracy"], step=step)
+        for norm, value in report["worst_case"].items():
+            tf.summary.scalar(f"eval/worst_case_{norm}", value, step=step)
+        tf.summary.scalar(UNION_ACCURACY_METRIC, report["union_accuracy"], step=step)
+        tf.summary.scalar(NUM_ALARMS_METRIC, len(report["alarms"]), step=step)
+        for norm, curve in curves.items():
+            # The step of a curve point is its epsilon in percent of the nominal epsilon.
+            for fraction, accuracy in zip(curve["fractions"], curve["accuracies"]):
+                tf.summary.scalar(
+                    f"eval/accuracy_vs_epsilon_{norm}", accuracy, step=round(100 * fraction)
+                )
+    writer.flush()
+    writer.close()
+
+
+# Our attacks that the reference cross-check mirrors, with ART's class and norm for each.
+_ART_MIRRORS = {
+    "pgd20_linf": ("ProjectedGradientDescent", "inf"),
+    "pgd20_l2": ("ProjectedGradientDescent", 2),
+    "apgd_ce_linf": ("AutoProjectedGradientDescent", "inf"),
+    "apgd_ce_l2": ("AutoProjectedGradientDescent", 2),
+}
+
+
+def art_reference(
+    model, x, y, *, names, epsilons, apgd_steps, restarts, batch_size, seed, ours
+) -> dict:
+    """Runs ART's PGD and APGD-CE on the same examples, with every parameter explicit.
+
+    ART's defaults differ from the protocol (e.g. eps 0.3, eps_step 0.1, 5 random inits for
+    APGD), so each is set: PGD-20 with eps_step epsilon/4 and one random start per restart; APGD
+    with eps_step 2 * epsilon (its initial step), `max_iter=apgd_steps`, `nb_random_init=
+    restarts` and the cross-entropy loss; always the true labels. ART draws its random starts
+    from NumPy's global generator: it is seeded here and restored afterwards.
+
+    Returns:
+      {"library", "version", "labels", "attacks": {art_<ours>: {"class", "parameters",
+      "accuracy", "ours", "ours_accuracy", "difference", "seconds"}}}.
+
+    Raises:
+      RuntimeError: ART is not installed (with the command that installs it).
+    """
+    try:
+        import art
+        from art.attacks import evasion
+        from art.estimators.classification import TensorFlowV2Classifier
+    except ImportError as e:
+        raise RuntimeError(
+            "reference='art' needs the Adversarial Robustness Toolbox: "
+            f"pip install -r requirements-art.txt ({e})"
+        ) from None
+    classifier = TensorFlowV2Classifier(
+        model=model,
+        nb_classes=int(model(x[:1]).shape[-1]),
+        input_shape=tuple(x.shape[1:]),
+        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0),
+    )
+    results = {}
+    state = np.random.get_state()
+    try:
+        for name in names:
+            if name not in _ART_MIRRORS:
+                continue
+            class_name, art_norm = _ART_MIRRORS[name]
+            epsilon = epsilons["linf" if art_norm == "inf" else "l2"]
+            if class_name == "ProjectedGradientDescent":
+                parameters = dict(
+                    norm=art_norm,
+                    eps=epsilon,
+                    eps_step=STEP_FRACTION * epsilon,
+                    max_iter=20,
+                    num_random_init=restarts,
+                    targeted=False,
+                    batch_size=batch_size,
+                )
+            else:
+                parameters = dict(
+                    norm=art_norm,
+                    eps=epsilon,
+                    eps_step=2.0 * epsilon,
+                    max_iter=apgd_steps,
+                    nb_random_init=restarts,
+                    loss_type="cross_entropy",
+                    targeted=False,
+                    batch_size=batch_size,
+                )
+            np.random.seed(seed)
+            started = time.perf_counter()
+            attack = getattr(evasion, class_name)(classifier, verbose=False, **parameters)
+            x_adv = attack.generate(x, y=y).astype(np.float32)
+            _check_threat_model(
+                f"ART {class_name}", x_adv, x, "linf" if art_norm == "inf" else "l2", epsilon
+            )
+            accuracy = float(np.mean(_predict(model, x_adv) == y))
+            results[f"art_{name}"] = {
+                "class": f"art.attacks.evasion.{class_name}",
+                "parameters": parameters,
+                "accuracy": accuracy,
+                "ours": name,
+                "ours_accuracy": ours[name]["accuracy"],
+                "difference": ours[name]["accuracy"] - accuracy,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            logging.info(
+                "ART %s: accuracy %.4f (ours %s: %.4f)",
+                class_name,
+                accuracy,
+                name,
+                ours[name]["accuracy"],
+            )
+    finally:
+        np.random.set_state(state)
+    return {
+        "library": "adversarial-robustness-toolbox",
+        "version": art.__version__,
+        "labels": "true labels y",
+        "attacks": results,
+    }

@@ -1,0 +1,169 @@
+"""The bench's machinery in its tiny mode: every number present and sane, ratios consistent.
+
+Timings belong to `python -m generalist_tf.bench`: no test here asserts a timing target, only that
+each reported ratio is the ratio of the reported times, that each target flag agrees with its
+value, and that the cost model counts FLOPs as derived by hand.
+"""
+
+import json
+import math
+import statistics
+
+import keras
+import pytest
+from absl import flags
+
+from generalist_tf import bench
+
+HEADLINE_KEYS = (
+    "pgd_speedup_vs_cleverhans",
+    "generalist_d_over_pgd_at",
+    "callback_fraction",
+    "pipeline_over_training",
+    "two_replicas_over_one",
+    "resnet18_forward_gflops",
+    "generalist_d_epoch_tflop",
+    "generalist_d_over_pgd_at_floor",
+)
+# CIFAR ResNet-18 by hand, in multiply-adds: the 3x3 stem (3 -> 64 at 32x32), four 3x3 64 -> 64
+# convs at 32x32, then per later stage (output side s = 16, 8, 4; width c = 128, 256, 512) one
+# stride-2 3x3 conv c/2 -> c, three 3x3 c -> c and a 1x1 projection c/2 -> c; the 512 -> 10 dense.
+RESNET18_MACS = (
+    32 * 32 * 9 * 3 * 64
+    + 4 * 32 * 32 * 9 * 64 * 64
+    + sum(
+        s * s * (9 * (c // 2) * c + 3 * 9 * c * c + (c // 2) * c)
+        for s, c in ((16, 128), (8, 256), (4, 512))
+    )
+    + 512 * 10
+)
+RESNET18_FORWARD_GFLOPS = 2 * RESNET18_MACS / 1e9  # 1.1108
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench.run(tiny=True)
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_headline_keys_are_positive_and_finite(result):
+    for key in HEADLINE_KEYS:
+        assert positive_finite(result.get(key)), f"{key}: {result.get(key)!r}"
+
+
+def test_every_time_is_a_median_of_its_samples(result):
+    settings = bench.SETTINGS["tiny"]
+    assert result["times_s"], "no time was measured"
+    for name, median in result["times_s"].items():
+        samples = result["samples_s"][name]
+        assert all(positive_finite(s) for s in samples), (name, samples)
+        assert median == statistics.median(samples), name
+        assert positive_finite(result["first_call_s"][name]), name
+        expected = settings.epoch_repeats if "/epoch/" in name else settings.repeats
+        assert len(samples) == expected, (name, len(samples))
+
+
+def test_every_ratio_is_the_ratio_of_the_reported_times(result):
+    times = result["times_s"]
+    assert set(HEADLINE_KEYS[:5]) <= set(result["ratio_definitions"])
+    for key, (numerator, denominator) in result["ratio_definitions"].items():
+        assert result[key] == pytest.approx(times[numerator] / times[denominator], rel=1e-12), key
+        low, high = result["ratio_ranges"][key]
+        assert 0 < low <= high and math.isfinite(high), (key, low, high)
+        assert positive_finite(result["paired_ratio_medians"][key]), key
+
+
+def test_images_per_second_follow_from_the_times(result):
+    times, ips = result["times_s"], result["images_per_second"]
+    training = ips["digits_cnn/fit_generalist_d_epoch"]
+    pipeline = ips["digits_cnn/input_pipeline"]
+    assert pipeline / training == pytest.approx(result["pipeline_over_training"], rel=1e-12)
+    assert ips["digits_cnn/generalist_d_step"] == pytest.approx(
+        bench.DIGITS_BATCH_SIZE / times["digits_cnn/step/generalist_d"]
+    )
+
+
+def test_target_flags_agree_with_their_values(result):
+    targets = result["targets"]
+    assert set(bench.TARGETS) <= set(targets)
+    for key, entry in targets.items():
+        target = bench.TARGETS[key.split("/")[-1]]
+        assert entry["value"] == result[key], key
+        assert (entry["op"], entry["threshold"]) == (target.op, target.threshold), key
+        if target.op == ">=":
+            assert entry["met"] == (entry["value"] >= entry["threshold"]), key
+        else:
+            assert entry["met"] == (entry["value"] <= entry["threshold"]), key
+    assert result["all_targets_met"] == all(entry["met"] for entry in targets.values())
+
+
+def test_result_is_strict_json_with_machine_info(result):
+    text = json.dumps(result, allow_nan=False)
+    machine = json.loads(text)["machine"]
+    assert machine["cpu_count"] >= 1 and machine["tensorflow"] and machine["logical_devices"]
+
+
+def test_table_names_every_target(result):
+    table = bench.format_table(result)
+    last = [line for line in table.splitlines() if line.startswith("targets met:")]
+    assert len(last) == 1
+    for key in result["targets"]:
+        assert key in last[0], key
+
+
+def test_forward_flops_of_a_small_model_by_hand():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # 4x4x4 out
+    x = keras.layers.Conv2D(6, 1)(x)  # 4x4x6 out
+    logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, logits)
+    by_hand = 2 * 4 * 4 * 3 * 3 * 1 * 4 + 2 * 4 * 4 * 1 * 1 * 4 * 6 + 2 * 6 * 10
+    assert bench.forward_flops(model) == by_hand
+
+
+def test_cost_model_of_resnet18(result):
+    cost = result["cost_model"]
+    assert result["resnet18_forward_gflops"] == pytest.approx(RESNET18_FORWARD_GFLOPS, rel=1e-12)
+    k = cost["num_steps"]
+    assert cost["forward_passes_per_image_generalist_d"] == 3 * (k + 2) + 1
+    assert cost["forward_passes_per_image_pgd_at"] == 3 * (k + 1) + 1
+    assert result["generalist_d_over_pgd_at_floor"] == pytest.approx((k + 2) / (k + 1))
+    expected_tflop = (
+        cost["train_images_per_epoch"] * (3 * (k + 2) + 1) * RESNET18_FORWARD_GFLOPS * 1e9 / 1e12
+    )
+    assert result["generalist_d_epoch_tflop"] == pytest.approx(expected_tflop, rel=1e-3)
+    assert cost["generalist_d_epoch_gpu_seconds"] == pytest.approx(
+        result["generalist_d_epoch_tflop"] / bench.ASSUMED_GPU_TFLOPS
+    )
+
+
+def test_forward_passes_cover_only_known_learners():
+    assert bench.forward_passes_per_image(("natural", "linf_pgd"), 10) == 37
+    assert bench.forward_passes_per_image(("linf_pgd",), 10) == 34
+    with pytest.raises(ValueError, match="trades"):
+        bench.forward_passes_per_image(("trades",), 10)
+
+
+def test_time_interleaved_rotates_the_order_and_counts_calls():
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    samples, first = bench.time_interleaved(
+        variants, repeats=3, warmup=2, number={"a": 1, "b": 2, "c": 1}
+    )
+    warm = ["a", "a", "b", "b", "c", "c"]
+    assert calls[: len(warm)] == warm
+    assert calls[len(warm) :] == ["a", "b", "b", "c"] + ["b", "b", "c", "a"] + ["c", "a", "b", "b"]
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    assert set(first) == set(variants)
+
+
+def test_time_interleaved_rejects_empty_budgets():
+    with pytest.raises(ValueError, match="got 0"):
+        bench.time_interleaved({"a": lambda: None}, repeats=0, warmup=1, number=1)
+
+
+def test_importing_bench_defines_no_flags():
+    assert "quick" not in flags.FLAGS and "json" not in flags.FLAGS
