@@ -68,7 +68,15 @@ def run_one(
     from generalist_tf import data, evaluate, export, train
 
     workdir = os.path.join(root, method, f"seed{seed}")
-    overrides = {**SUITES[suite], **extra, "seed": seed, "workdir": workdir, "verbose": 0}
+    # The driver evaluates the export itself (below): training's own final evaluation is skipped.
+    overrides = {
+        **SUITES[suite],
+        **extra,
+        "seed": seed,
+        "workdir": workdir,
+        "verbose": 0,
+        "final_eval": False,
+    }
     cfg = _config(f"flags/digits_{method}.cfg", overrides)
     start = time.time()
     train.train(cfg)

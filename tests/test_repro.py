@@ -1,0 +1,61 @@
+"""The reproduction driver: trains, evaluates alike, writes RESULTS.md and the trade-off plot."""
+
+import os
+
+import pytest
+
+from generalist_tf import repro
+from tests.helpers_train import ROOT
+
+TINY = {"epochs": 2, "num_steps": 2, "l2_num_steps": 2, "eval_num_steps": 2}
+TINY_EVAL = {
+    "square_queries": 20,
+    "apgd_steps": 5,
+    "epsilon_fractions": (),
+    "attacks": ("fgsm_linf", "pgd20_linf", "square_linf", "pgd20_l2", "apgd_ce_l2"),
+    "verbose": 0,
+}
+
+
+def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # flagfiles nest by paths relative to the repository root
+    runs = [
+        repro.run_one(
+            method, seed, root=str(tmp_path), suite="digits", extra=TINY, eval_kwargs=TINY_EVAL
+        )
+        for method in ("pgd_at", "generalist_d")
+        for seed in (0, 1)
+    ]
+    for run in runs:
+        assert 0.0 <= run.metrics["union"] <= run.metrics["worst_linf"] <= run.metrics["clean"]
+    results = tmp_path / "RESULTS.md"
+    table = repro.write_results(
+        str(results),
+        runs,
+        suite="digits",
+        seeds=[0, 1],
+        wall=12.0,
+        command="python -m generalist_tf.repro --test",
+    )
+    text = results.read_text()
+    assert "| pgd_at |" in text and "| generalist_d |" in text
+    assert "Generalist-D vs PGD-AT" in text and "python -m generalist_tf.repro --test" in text
+    assert os.path.getsize(tmp_path / "tradeoff.png") > 1000
+    mean, std = table["pgd_at"]["clean"]
+    values = [100 * r.metrics["clean"] for r in runs if r.method == "pgd_at"]
+    assert mean == pytest.approx(sum(values) / 2) and std >= 0
+
+
+def test_verdict_reads_the_numbers():
+    table = {
+        "pgd_at": {"clean": (90.0, 1.0), "worst_linf": (40.0, 1.0), "union": (10.0, 0.5)},
+        "generalist_d": {"clean": (93.0, 1.0), "worst_linf": (39.0, 1.0), "union": (9.0, 0.5)},
+        "avg": {"clean": (88.0, 1.0), "worst_linf": (35.0, 1.0), "union": (20.0, 1.0)},
+        "max": {"clean": (87.0, 1.0), "worst_linf": (36.0, 1.0), "union": (22.0, 1.0)},
+        "generalist_t": {"clean": (90.0, 1.0), "worst_linf": (33.0, 1.0), "union": (21.0, 1.0)},
+    }
+    lines = repro.verdict(table)
+    assert "(+3.00)" in lines[0] and "holds" in lines[0] and "NOT" not in lines[0]
+    assert "MAX" in lines[1] and "(-1.00)" in lines[1] and "NOT better" in lines[1]
+    table["generalist_d"]["worst_linf"] = (30.0, 1.0)
+    assert "does NOT hold" in repro.verdict(table)[0]
