@@ -2,6 +2,7 @@
 
 import os
 
+import tensorflow as tf
 from absl import flags
 
 from generalist_tf import cli, config
@@ -29,3 +30,15 @@ def config_from(flagfile: str, **overrides) -> config.Config:
     args = [f"--flagfile={os.path.join(FLAGS_DIR, flagfile)}"]
     args += [f"--{k}={v}" for k, v in overrides.items()]
     return config.from_flags(parse_flags(*args).flag_values_dict())
+
+
+def two_replica_strategy() -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy on the two logical CPUs with collective keys no other strategy used.
+
+    Every MirroredStrategy numbers its collectives from the same keys, and TF caches a key's
+    shape for the process: a later strategy whose collective under that key has another shape
+    aborts every collective op of the process (conftest moves the base before every test; this
+    also separates two strategies within one test). TF's own tests move the key base this way.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

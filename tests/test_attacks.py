@@ -13,7 +13,10 @@ import pytest
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from generalist_tf import attacks, data, models
+from generalist_tf import attacks, models
+from tests import helpers_eval
+from tests.helpers_eval import accuracy, l2_distance, linf_distance
+from tests.helpers_train import two_replica_strategy
 
 # A budget per norm for 8x8 digits in [0, 1]: PGD-10 with step 2.5 * epsilon / num_steps.
 BUDGETS = {
@@ -33,33 +36,15 @@ ACCURACY_AGREEMENT = 0.02
 LARGE_EPSILON = 0.5
 
 
-def two_replica_strategy() -> tf.distribute.MirroredStrategy:
-    """A MirroredStrategy on the two logical CPUs with collective keys no other strategy used.
-
-    Every MirroredStrategy numbers its collectives from the same keys, and TF caches a key's
-    shape for the process: a later strategy whose collective under that key has another shape
-    aborts every collective op of the process. TF's own tests move the key base the same way.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100_000
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 @pytest.fixture(scope="module")
 def digits():
-    return data.load("digits")
+    return helpers_eval.digits()
 
 
 @pytest.fixture(scope="module")
-def fitted(digits):
+def fitted():
     """digits_cnn fitted with Adam for 8 epochs (about 3 s on CPU; ~99% clean test accuracy)."""
-    keras.utils.set_random_seed(0)
-    model = models.build("digits_cnn", digits.image_shape, digits.num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(digits.x_train, digits.y_train, batch_size=64, epochs=8, verbose=0)
-    return model
+    return helpers_eval.fitted()
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +52,8 @@ def batch(digits):
     return digits.x_test[:64], digits.y_test[:64]
 
 
-def accuracy(model, x, y) -> float:
-    logits = model(tf.convert_to_tensor(x), training=False)
-    return float(np.mean(np.argmax(logits, axis=-1) == y))
-
-
 def mean_ce(model, x, y) -> float:
     return float(np.mean(attacks.attack_loss(model(x, training=False), y, "ce")))
-
-
-def linf_distance(x_adv, x) -> np.ndarray:
-    return np.max(np.abs(np.asarray(x_adv) - x).reshape(len(x), -1), axis=1)
-
-
-def l2_distance(x_adv, x) -> np.ndarray:
-    return np.sqrt(np.sum(np.square(np.asarray(x_adv) - x).reshape(len(x), -1), axis=1))
 
 
 def assert_in_ball(x_adv, x, *, norm, epsilon):

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from generalist_tf import models
+from tests.helpers_train import two_replica_strategy
 
 CIFAR_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -29,17 +30,6 @@ DIGITS_CNN_PARAMS = 94_634
 WRN_34_10_PARAMS = (46.1e6, 46.3e6)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
-
-
-def two_replica_strategy() -> tf.distribute.MirroredStrategy:
-    """A MirroredStrategy on the two logical CPUs with collective keys no other strategy used.
-
-    Every MirroredStrategy numbers its collectives from the same keys, and TF caches a key's
-    shape for the process: a later strategy whose collective under that key has another shape
-    aborts every collective op of the process. TF's own tests move the key base the same way.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100_000
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 def batch_norm_layers(model):
