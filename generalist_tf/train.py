@@ -178,6 +178,14 @@ def _train(config: Config) -> dict:
         chief=chief,
     )
     start_step = manager.restore_or_initialize()
+    if config.restart and chief:
+        for name in (EXPORT_BEST, EXPORT_LAST):
+            if os.path.isdir(os.path.join(config.workdir, name)):
+                logging.warning(
+                    "--restart: %s/%s stays until this run finishes, then it is replaced",
+                    config.workdir,
+                    name,
+                )
     # Sharded by DATA: under MultiWorkerMirroredStrategy the workers split every global batch.
     val = distribute.shard_by_data(
         data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=config.eval_batch_size)
