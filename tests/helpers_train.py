@@ -1,6 +1,8 @@
 """Shared helpers of the training tests: configs from flagfiles, tiny runs."""
 
 import os
+import subprocess
+import sys
 
 import tensorflow as tf
 from absl import flags
@@ -42,3 +44,16 @@ def two_replica_strategy() -> tf.distribute.MirroredStrategy:
     """
     tf.distribute.MirroredStrategy._collective_key_base += 100_000
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def run_main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m generalist_tf.main ARGS` from the repository root, output captured."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "generalist_tf.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

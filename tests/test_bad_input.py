@@ -5,14 +5,12 @@ calls before `_fail`); cases that need files, checkpoints or a run go through th
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from generalist_tf import checkpoints
-from tests.helpers_train import ROOT, config_from
+from tests.helpers_train import config_from, run_main
 
 CONFIG_CASES = [
     # (overrides, message fragment)
@@ -45,19 +43,6 @@ def test_config_errors_name_the_flag_and_value(overrides, message):
         config_from("smoke.cfg", workdir="/tmp/unused", **overrides)
     text = str(error.value)
     assert message in text and "\n" not in text
-
-
-def run_main(*args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "generalist_tf.main", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def assert_one_line_error(result, *fragments):

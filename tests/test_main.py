@@ -12,20 +12,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from generalist_tf import checkpoints, config, data, models
-from tests.helpers_train import FLAGS_DIR, ROOT, config_from, parse_flags
-
-
-def run_main(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", "generalist_tf.main", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
+from tests.helpers_train import FLAGS_DIR, config_from, parse_flags, run_main
 
 # Training ends with the attack suite on the exported G (small budgets here).
 SMOKE_EXTRA = ("--final_eval", "--eval_square_queries=100", "--eval_apgd_steps=10")
