@@ -95,8 +95,8 @@ def test_xla_pgd_nested_in_two_replica_train_step():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["generalist_t", "trades", "msd"])
+@pytest.mark.parametrize("variant", ["generalist_t", "msd", "avg"])
 def test_two_replicas_equal_one_replica_other_variants(variant):
-    if variant == "trades":
-        pytest.xfail("TRADES starts its attack from random noise; runs differ by design")
+    # Not TRADES: its attack starts from Gaussian noise seeded per replica, so the examples of a
+    # 1-replica and a 2-replica run differ by design (random_start does not switch it off).
     assert_same_training(run(1, variant=variant, epochs=1), run(2, variant=variant, epochs=1))
