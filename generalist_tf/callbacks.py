@@ -19,9 +19,9 @@ class GeneralistCallback(keras.callbacks.Callback):
 
     Contract:
       * Hooks: `on_epoch_begin` fixes the epoch's mixing weights w_i(e) and whether it is a
-        communication epoch; `on_train_batch_end` (after every step; requires
-        `steps_per_execution=1`) calls `model.update_global(w)`, which updates every learner's
-        EMA and then G <- d*G + (1-d) * sum_i w_i EMA_i, with d = min(alpha, (k+1)/(k+10));
+        communication epoch; `on_train_batch_end` (after every step with
+        `steps_per_execution=1`, see below) calls `model.update_global(w)`, which updates every
+        learner's EMA and then G <- d*G + (1-d) * sum_i w_i EMA_i, with d = min(alpha, (k+1)/(k+10));
         in a communication epoch it then calls `model.redistribute()` (mode `every_batch`), or
         once at `on_epoch_end` (mode `once_per_period`).
       * Reads: all floating weights of every learner's network, BatchNorm moving statistics
@@ -31,6 +31,9 @@ class GeneralistCallback(keras.callbacks.Callback):
         variable order; the arithmetic runs in compiled cross-replica functions.
       * Logs: `mixing/<learner>` weights, `communication/redistributions` per epoch and the
         `learning_rate`, added to the epoch logs so TensorBoard records them.
+      * With `steps_per_execution` > 1 (`model.mix_in_step`): `on_epoch_begin` hands the weights
+        and the communication flag to `model.set_mixing`, and `train_step` mixes after every step
+        (mode `every_batch`; `once_per_period` still redistributes here at the epoch's end).
 
     Args:
       mixing: per-learner weight schedules (`schedules.PiecewiseLinear`), summing to 1.
@@ -46,6 +49,7 @@ class GeneralistCallback(keras.callbacks.Callback):
         self.epochs = epochs
         self._weights = None
         self._communicating = False
+        self._every_batch = False
         self._redistributions = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -57,10 +61,17 @@ class GeneralistCallback(keras.callbacks.Callback):
             self.communication.is_communication_epoch(e, self.epochs)
         )
         self._redistributions = 0
+        self._every_batch = self._communicating and self.communication.mode == "every_batch"
+        if self.model.mix_in_step:
+            self.model.set_mixing(self._weights, self._every_batch)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.model.mix_in_step:
+            # train_step mixed after each of the steps up to `batch` (this epoch's fit).
+            self._redistributions = batch + 1 if self._every_batch else 0
+            return
         self.model.update_global(self._weights)
-        if self._communicating and self.communication.mode == "every_batch":
+        if self._every_batch:
             self.model.redistribute()
             self._redistributions += 1
 

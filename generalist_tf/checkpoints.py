@@ -154,7 +154,10 @@ class _Saver(keras.callbacks.Callback):
     """Counts global steps; saves after every `every_steps` steps and after every epoch.
 
     A step that ends an epoch is saved only in `on_epoch_end`, after validation and the choice of
-    the best G, so a run resumed from it repeats nothing and skips nothing.
+    the best G, so a run resumed from it repeats nothing and skips nothing. With
+    `steps_per_execution` N > 1, Keras calls `on_train_batch_end` once per N steps (with the last
+    step's index): the count follows that index, and a save falls on the first call at or after
+    each multiple of `every_steps`.
     """
 
     def __init__(self, manager: Manager, start_step: int):
@@ -162,16 +165,21 @@ class _Saver(keras.callbacks.Callback):
         self.manager = manager
         self.global_step = start_step
         self._steps_this_epoch = 0
+        self._done_this_epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._steps_this_epoch = self.params.get("steps") or 0
+        self._done_this_epoch = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self.global_step += 1
-        _maybe_fault("kill_after_step", self.global_step)
+        previous = self.global_step
+        self.global_step += batch + 1 - self._done_this_epoch
+        self._done_this_epoch = batch + 1
+        for step in range(previous + 1, self.global_step + 1):
+            _maybe_fault("kill_after_step", step)
         every = self.manager.every_steps
         last_of_epoch = batch + 1 == self._steps_this_epoch
-        if every and self.global_step % every == 0 and not last_of_epoch:
+        if every and self.global_step // every > previous // every and not last_of_epoch:
             self.manager.save(self.global_step)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -151,6 +151,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "auto",
         "XLA for attacks: auto (XLA on GPU/TPU, graph mode on CPU), true, false.",
     )
+    integer(
+        "steps_per_execution",
+        1,
+        "Train steps per compiled call (fewer host round trips on TPU/GPU; same numbers).",
+    )
     string(
         "precision",
         "fp32",

@@ -68,6 +68,7 @@ class Config:
     seed: int
     num_cpu_replicas: int
     jit_compile: str
+    steps_per_execution: int
     precision: str
     tpu: str | None
     deterministic: bool
@@ -143,6 +144,10 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     _require(
         v["jit_compile"] in attacks.JIT_POLICIES,
         f"--jit_compile must be one of {attacks.JIT_POLICIES}, got {v['jit_compile']!r}",
+    )
+    _require(
+        v["steps_per_execution"] >= 1,
+        f"--steps_per_execution must be >= 1, got {v['steps_per_execution']}",
     )
     _require(
         v["precision"] in PRECISIONS,
@@ -328,6 +333,7 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         seed=v["seed"],
         num_cpu_replicas=v["num_cpu_replicas"],
         jit_compile=v["jit_compile"],
+        steps_per_execution=v["steps_per_execution"],
         precision=v["precision"],
         tpu=v["tpu"] or None,
         deterministic=v["deterministic"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from generalist_tf import multiworker
@@ -106,3 +107,56 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         and task_id == 0
         and "chief" not in json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
     )
+
+
+def eval_strategy(strategy: tf.distribute.Strategy | None) -> tf.distribute.Strategy | None:
+    """The strategy evaluation spreads its batches over, or None for one device.
+
+    Evaluation runs Python between attack steps (threat-model checks, restarts, Square's
+    bookkeeping), so it uses `MirroredStrategy`, whose eager `run` calls the function once per
+    local device in its own thread. With `TPUStrategy` (functions only) and
+    `MultiWorkerMirroredStrategy` (the chief evaluates alone) it runs on the default device.
+    """
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
+        return strategy
+    return None
+
+
+def map_batches(strategy: tf.distribute.Strategy | None, fn, num_batches: int, on_done=None):
+    """`[fn(i) for i in range(num_batches)]`, R batches at a time over R replicas.
+
+    `fn(batch_index)` returns a tensor for batch `batch_index`; replica r of round k computes
+    batch k * R + r (replicas past the last batch compute nothing). Each batch carries its own
+    index, and with it its own seeds, so the results do not depend on the number of replicas.
+
+    Args:
+      strategy: a `MirroredStrategy` (see `eval_strategy`) or None for one device.
+      fn: batch index -> tensor (called in the replica's device scope).
+      num_batches: how many batches.
+      on_done: called with the number of batches finished after each round (progress bars).
+
+    Returns:
+      The results of `fn` as numpy arrays, in batch order.
+    """
+    if strategy is None:
+        results = []
+        for index in range(num_batches):
+            results.append(np.asarray(fn(index)))
+            if on_done is not None:
+                on_done(1)
+        return results
+    replicas = strategy.num_replicas_in_sync
+    results = []
+    for first in range(0, num_batches, replicas):
+
+        def replica_fn(first=first):
+            context = tf.distribute.get_replica_context()
+            index = first + int(tf.get_static_value(context.replica_id_in_sync_group))
+            return fn(index) if index < num_batches else tf.zeros([0])
+
+        outputs = strategy.experimental_local_results(strategy.run(replica_fn))
+        done = min(replicas, num_batches - first)
+        results.extend(np.asarray(output) for output in outputs[:done])
+        if on_done is not None:
+            on_done(done)
+    return results

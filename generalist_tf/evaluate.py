@@ -31,7 +31,7 @@ from absl import logging
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from generalist_tf import alarms, robust_attacks
+from generalist_tf import alarms, distribute, robust_attacks
 from generalist_tf import attacks as pgd_attacks
 
 NORMS = ("linf", "l2")
@@ -298,6 +298,7 @@ def run_attack(
     stream: int = 0,
     progress: keras.utils.Progbar | None = None,
     target_model=None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> np.ndarray:
     """Per-example correctness of the model under one attack, batch by batch.
 
@@ -312,6 +313,8 @@ def run_attack(
       progress: a progress bar advanced by one per batch.
       target_model: the model classified on the adversarial examples when it is not `model`
         (transfer attacks).
+      strategy: spreads the batches over its replicas (`distribute.map_batches`); the same
+        masks as on one device.
 
     Returns:
       Boolean array: the example is classified correctly under every repeat of the attack.
@@ -320,17 +323,25 @@ def run_attack(
       RuntimeError: an adversarial example outside the ball or the pixel box.
     """
     target_model = model if target_model is None else target_model
-    correct = np.ones(len(x), bool)
-    for batch_index, start in enumerate(range(0, len(x), batch_size)):
+
+    def one_batch(batch_index):
+        start = batch_index * batch_size
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        correct = np.ones(len(xb), bool)
         for repeat in range(attack.repeats):
             batch_seed = seed * 1_000_003 + _seed_stream(stream, batch_index, repeat)
             x_adv = np.asarray(attack.run(model, xb, yb, epsilon, batch_seed))
             _check_threat_model(attack.name, x_adv, xb, attack.norm, epsilon)
-            correct[start : start + batch_size] &= _predict(target_model, x_adv) == yb
-        if progress is not None:
-            progress.add(1)
-    return correct
+            correct &= _predict(target_model, x_adv) == yb
+        return tf.constant(correct)
+
+    masks = distribute.map_batches(
+        strategy,
+        one_batch,
+        _num_batches(len(x), batch_size),
+        on_done=None if progress is None else progress.add,
+    )
+    return np.concatenate(masks).astype(bool)
 
 
 def _num_batches(n: int, batch_size: int) -> int:
@@ -390,6 +401,7 @@ def evaluate_model(
     tensorboard: bool = True,
     epsilon_fractions=EPSILON_FRACTIONS,
     verbose: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Evaluates a classifier under the attack suite and writes the report, plots and summaries.
 
@@ -415,6 +427,9 @@ def evaluate_model(
       epsilon_fractions: multiples of each nominal epsilon for the accuracy-vs-epsilon curves,
         increasing (their last point feeds the large-epsilon alarm); () skips the curves.
       verbose: 1 shows a progress bar over attacks and batches, 0 is silent.
+      strategy: the training strategy; a `MirroredStrategy` of several replicas evaluates one
+        batch per replica at a time (`distribute.map_batches`), with the same numbers as one
+        device. The alarms and the ART reference run on the default device.
 
     Returns:
       The report, as written to `report.json`.
@@ -461,7 +476,17 @@ def evaluate_model(
         batches * (len(runs) + sweeps), unit_name="batch", verbose=verbose
     )
 
-    clean = _predict(classifier, x) == y
+    strategy = distribute.eval_strategy(strategy)
+    clean = np.concatenate(
+        distribute.map_batches(
+            strategy,
+            lambda i: tf.constant(
+                _predict(classifier, x[i * batch_size : (i + 1) * batch_size])
+                == y[i * batch_size : (i + 1) * batch_size]
+            ),
+            _num_batches(len(x), batch_size),
+        )
+    ).astype(bool)
     masks, entries = {}, {}
     for name, attack in runs:
         started = time.perf_counter()
@@ -477,6 +502,7 @@ def evaluate_model(
             stream=len(ATTACK_NAMES) if is_transfer else ATTACK_NAMES.index(name),
             progress=progress,
             target_model=classifier if is_transfer else None,
+            strategy=strategy,
         )
         entries[name] = {
             "accuracy": float(np.mean(masks[name])),
@@ -502,6 +528,7 @@ def evaluate_model(
             batch_size=batch_size,
             seed=seed,
             progress=progress,
+            strategy=strategy,
         )
 
     report = summarise(clean, masks, entries)
@@ -539,14 +566,27 @@ def run_from_config(config) -> dict:
     Raises:
       ValueError: the model is not a serving SavedModel, or the dataset cannot be loaded.
     """
-    return run_on_export(config, config.model, config.workdir)
+    strategy = None
+    if not config.tpu and not distribute.is_multi_worker():
+        # The local devices, as training would use them (all GPUs, or --num_cpu_replicas).
+        strategy = distribute.make_strategy(num_cpu_replicas=config.num_cpu_replicas)
+    return run_on_export(config, config.model, config.workdir, strategy=strategy)
 
 
-def run_on_export(config, path: str, workdir: str) -> dict:
-    """The suite of `run_from_config` on the SavedModel at `path`, written into `workdir`."""
+def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
+    """The suite of `run_from_config` on the SavedModel at `path`, written into `workdir`.
+
+    With a multi-replica `MirroredStrategy` the model is loaded under its scope (one copy of the
+    weights per device) and the batches are spread over the replicas.
+    """
     from generalist_tf import data, export
 
-    model = export.load_serving(path)
+    strategy = distribute.eval_strategy(strategy)
+    if strategy is None:
+        model = export.load_serving(path)
+    else:
+        with strategy.scope():
+            model = export.load_serving(path)
     arrays = data.load(config.dataset, data_dir=config.data_dir, require_train=False)
     x, y = arrays.x_test, arrays.y_test
     if config.eval_examples is not None and config.eval_examples < len(x):
@@ -571,6 +611,7 @@ def run_on_export(config, path: str, workdir: str) -> dict:
         surrogate=export.load_serving(config.surrogate) if config.surrogate else None,
         jit_compile=config.jit_compile,
         verbose=min(config.verbose, 1),
+        strategy=strategy,
     )
     with open(os.path.join(workdir, REPORT_MD)) as f:
         return dict(report, table=f.read())
@@ -611,7 +652,7 @@ def write_outputs(
 
 
 def _epsilon_curve(
-    model, x, y, pgd20, epsilon, fractions, clean, masks, *, batch_size, seed, progress
+    model, x, y, pgd20, epsilon, fractions, clean, masks, *, batch_size, seed, progress, strategy
 ):
     """PGD-20 accuracy at `fractions` x epsilon; reuses the nominal run when it exists."""
     accuracies = []
@@ -631,6 +672,7 @@ def _epsilon_curve(
                 seed=seed,
                 stream=ATTACK_NAMES.index(pgd20.name),
                 progress=progress if fraction != 1.0 else None,
+                strategy=strategy,
             )
         accuracies.append(float(np.mean(mask)))
     return {

@@ -5,6 +5,12 @@ learner's own `train_step` on the same global batch. The weight mixing itself (E
 redistribution) is done by `callbacks.GeneralistCallback` through `update_global` and
 `redistribute`, compiled functions called in cross-replica context. `test_step` evaluates G and
 every learner's EMA on clean and PGD inputs; `call` is G, the only network that is served.
+
+With `steps_per_execution` N > 1 Keras runs N train steps in one compiled loop and calls the
+callback once per N steps, too late for a per-step EMA. Then (`mix_in_step=True`) the callback
+only sets the epoch's coefficients and communication flag (`set_mixing`) and `train_step` itself
+runs the same `update_global` / `redistribute` arithmetic after every step, in cross-replica
+context through `merge_call`: the same numbers as N = 1.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Sequence
 
 import keras
 import tensorflow as tf
+from keras.src.backend.tensorflow import trainer as keras_trainer
 
 from generalist_tf import mixing
 from generalist_tf.learners import BaseLearner, per_example_ce
@@ -33,6 +40,8 @@ class Generalist(keras.Model):
       ema_alpha: the EMA decay ceiling (official 0.999); 0 disables averaging.
       jit_compile: compile policy of the evaluation attack.
       seed: seed of the evaluation attack's random start.
+      mix_in_step: mix after every step inside `train_step` (for `steps_per_execution` > 1);
+        the callback then only calls `set_mixing` once per epoch.
     """
 
     def __init__(
@@ -45,6 +54,7 @@ class Generalist(keras.Model):
         ema_alpha: float = 0.999,
         jit_compile="auto",
         seed: int = 0,
+        mix_in_step: bool = False,
     ):
         super().__init__(name="generalist")
         self.learner_names = tuple(learner.name for learner in learners)
@@ -65,6 +75,13 @@ class Generalist(keras.Model):
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
         self.best_score = keras.Variable(-1.0, dtype="float32", trainable=False, name="best_score")
         self.best_epoch = keras.Variable(0, dtype="int64", trainable=False, name="best_epoch")
+        self.mix_in_step = bool(mix_in_step)
+        # The epoch's mixing weights and communication flag for in-step mixing; the callback
+        # sets them at every epoch start, so they need no checkpoint.
+        self._coefficients = tf.Variable(
+            tf.zeros([len(learners)]), trainable=False, name="mixing_coefficients"
+        )
+        self._communicating = tf.Variable(False, trainable=False, name="communicating")
         self._evaluate_best = False
         self._eval_metrics = {}
         for prefix in [BEST] + self.evaluated_names():
@@ -116,7 +133,54 @@ class Generalist(keras.Model):
         for learner in self.learners:
             for key, value in learner.train_step(data).items():
                 logs[f"{learner.name}/{key}"] = value
+        if self.mix_in_step:
+            # After the learners' updates, as the callback's on_train_batch_end would.
+            tf.distribute.get_replica_context().merge_call(lambda _: self._mix_step_fn())
         return logs
+
+    def make_train_function(self, force=False):
+        """Keras' train function; with `steps_per_execution` N > 1, N steps unrolled in one call.
+
+        Keras 3.15's own N-step loop (a `tf.while_loop` over a `tf.cond` around `strategy.run`)
+        fails under a multi-replica `MirroredStrategy` with "You must feed a value for
+        placeholder tensor 'while/cond/Placeholder'" for any model (keras-team/keras#19246;
+        reproduced here with a one-layer model on 2 logical CPUs), and with an infinite dataset
+        it runs N steps in the last call of an epoch even when fewer remain. This loop calls the
+        same one-step function N times with no control flow around it; `train.py` requires the
+        steps of every `fit` to be a multiple of N.
+        """
+        if self.steps_per_execution == 1:
+            return super().make_train_function(force)
+        if self.train_function is not None and not force:
+            return self.train_function
+        strategy = self.distribute_strategy
+        steps = int(self.steps_per_execution)
+
+        def one_step(data):
+            logs = strategy.run(self.train_step, args=(data,))
+            return keras_trainer.reduce_per_replica(logs, strategy, reduction="auto")
+
+        @tf.function
+        def multi_step(iterator):
+            for _ in range(steps):
+                logs = one_step(next(iterator))
+            return logs
+
+        self.train_function = multi_step
+        return multi_step
+
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate`, one batch per call whatever `steps_per_execution` says.
+
+        Keras' N-step evaluation loop hits keras-team/keras#19246 under `MirroredStrategy`;
+        evaluation (validation included, which `fit` runs through here) is cheap next to
+        training, so it keeps Keras' one-step path.
+        """
+        saved, self.steps_per_execution = self.steps_per_execution, 1
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.steps_per_execution = saved
 
     def test_step(self, data):
         """Loss, clean and PGD accuracy of G and of each learner's EMA (inference mode)."""
@@ -151,6 +215,11 @@ class Generalist(keras.Model):
         """theta_i <- G for every learner: weights and BN statistics; optimizer state is kept."""
         self._redistribute()
 
+    def set_mixing(self, coefficients: Sequence[float], communicating: bool) -> None:
+        """The epoch's weights w_i(e) and whether it redistributes every step (in-step mixing)."""
+        self._coefficients.assign(tf.constant(coefficients, tf.float32))
+        self._communicating.assign(bool(communicating))
+
     def save_best(self, score: float, epoch: int) -> None:
         """Copies G into `best_network` and records its validation score and (1-indexed) epoch."""
         self._save_best(tf.constant(score, tf.float32), tf.constant(epoch, tf.int64))
@@ -165,6 +234,16 @@ class Generalist(keras.Model):
         mixed = mixing.interpolate(ema_lists, coefficients)
         mixing.ema_update(mixing.mixable_weights(self.global_network), mixed, decay)
         self.ema_updates.assign_add(1)
+
+    def _mix_step_fn(self):
+        """One step's mixing in cross-replica context: EMA and G, then redistribution if on."""
+        self._update_global_fn(tf.convert_to_tensor(self._coefficients))
+
+        def redistribute():
+            self._redistribute_fn()
+            return tf.constant(True)
+
+        tf.cond(tf.convert_to_tensor(self._communicating), redistribute, lambda: tf.constant(False))
 
     def _redistribute_fn(self):
         global_weights = mixing.mixable_weights(self.global_network)

@@ -16,6 +16,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 from absl import app, flags, logging
@@ -38,81 +40,147 @@ COLUMNS = (
     ("worst_l2", "worst-case l_2"),
     ("union", "union (l_inf and l_2)"),
 )
+# The exported G (best validation PGD accuracy) against the last G, as ALGORITHM.md asks.
+SELECTION_COLUMNS = (
+    ("exported_clean", "exported G clean"),
+    ("exported_pgd20", "exported G PGD-20"),
+    ("last_clean", "last G clean"),
+    ("last_pgd20", "last G PGD-20"),
+)
 SUITES = {
     "digits": {},
     "mnist": {"dataset": "mnist", "model": "small_cnn"},
 }
 
 
+# Single-seed ablations of the Generalist choices (ALGORITHM.md): label -> (what, method, flags).
+ABLATIONS = {
+    "gd_no_ema": ("Generalist-D, no EMA (--ema_decay=0)", "generalist_d", {"ema_decay": 0}),
+    "gd_period5": (
+        "Generalist-D, redistribution every 5th epoch (the official period; ours is 2)",
+        "generalist_d",
+        {"communication_period": 5},
+    ),
+    "gd_no_communication": (
+        "Generalist-D, no redistribution (--communication_mode=none)",
+        "generalist_d",
+        {"communication_mode": "none"},
+    ),
+    "gd_robust_end_07": (
+        "Generalist-D, robust weight ends at 0.7 instead of 0.4",
+        "generalist_d",
+        {"mixing": "natural=0:0,2/3:0,1:0.3;linf_pgd=0:1,2/3:1,1:0.7"},
+    ),
+    "multinorm_linf_first": (
+        "Generalist-D multi-norm, l_inf weight 1 until 2E/3, then to 0.5 (ours: 0.5 throughout)",
+        "generalist_d_multinorm",
+        {"mixing": "linf_pgd=0:1,2/3:1,1:0.5;l2_pgd=0:0,2/3:0,1:0.5"},
+    ),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-    method: str
+    """One trained and evaluated run; `label` is the method or the ablation's key."""
+
+    label: str
     seed: int
     metrics: dict
     seconds: float
 
 
-def _config(flagfile: str, overrides: dict):
-    from generalist_tf import cli, config
-
-    values = flags.FlagValues()
-    cli.define_flags(values)
-    values(["repro", f"--flagfile={flagfile}", *[f"--{k}={v}" for k, v in overrides.items()]])
-    return config.from_flags(values.flag_values_dict())
+def command(method: str, flags_: dict) -> list[str]:
+    """`python -m generalist_tf.main --flagfile=flags/digits_<method>.cfg --<flag>=<value> ...`."""
+    return [
+        sys.executable,
+        "-m",
+        "generalist_tf.main",
+        f"--flagfile=flags/digits_{method}.cfg",
+        *[f"--{k}={v}" for k, v in flags_.items()],
+    ]
 
 
 def run_one(
-    method: str, seed: int, *, root: str, suite: str, extra: dict, eval_kwargs: dict
+    method: str, seed: int, *, root: str, suite: str, extra: dict, label: str | None = None
 ) -> Run:
-    """Trains one method with one seed and evaluates its exported G."""
-    from generalist_tf import data, evaluate, export, train
+    """Trains one method with one seed and evaluates its exported G, as its flagfile does.
 
-    workdir = os.path.join(root, method, f"seed{seed}")
-    # The driver evaluates the export itself (below): training's own final evaluation is skipped.
-    overrides = {
-        **SUITES[suite],
-        **extra,
-        "seed": seed,
-        "workdir": workdir,
-        "verbose": 0,
-        "final_eval": False,
-    }
-    cfg = _config(f"flags/digits_{method}.cfg", overrides)
+    Each run is a fresh process running exactly `python -m generalist_tf.main
+    --flagfile=flags/digits_<method>.cfg --seed=<seed> --workdir=<root>/<label>/seed<seed>`
+    (plus `extra` flags), training's final attack suite included: with `--deterministic` (from
+    `flags/digits_common.cfg`) that flagfile command gives the same numbers as its row's run.
+    A fresh process matters: TensorFlow's op-seed counters and Keras' name counters live for the
+    process, so a second run in one process would not repeat the command's numbers.
+
+    Raises:
+      RuntimeError: the run failed (its last error line).
+    """
+    label = label or method
+    workdir = os.path.join(root, label, f"seed{seed}")
+    flags_ = {**SUITES[suite], **extra, "seed": seed, "workdir": workdir, "verbose": 0}
     start = time.time()
-    train.train(cfg)
-    arrays = data.load(cfg.dataset, data_dir=cfg.data_dir)
-    model = export.load_serving(os.path.join(workdir, train.EXPORT_BEST))
-    report = evaluate.evaluate_model(
-        model,
-        arrays.x_test,
-        arrays.y_test,
-        workdir=os.path.join(workdir, "eval"),
-        epsilon_linf=cfg.eval_attack.epsilon,
-        epsilon_l2=cfg.eval_epsilon_l2,
-        seed=seed,
-        **eval_kwargs,
+    result = subprocess.run(
+        command(method, {**flags_, "final_eval": "true"}), capture_output=True, text=True
     )
-    metrics = {
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        raise RuntimeError(f"{label} seed {seed} failed: {lines[-1]}")
+    return Run(label, seed, read_metrics(workdir), time.time() - start)
+
+
+def read_metrics(workdir: str) -> dict:
+    """The numbers of a finished run: its suite report and, from `results.json`, the last G."""
+    from generalist_tf import evaluate, train
+
+    with open(os.path.join(workdir, evaluate.REPORT_JSON)) as f:
+        report = json.load(f)
+    with open(os.path.join(workdir, train.RESULTS)) as f:
+        results = json.load(f)
+    test = results["test"]
+    return {
         "clean": report["clean_accuracy"],
         "pgd20_linf": report["attacks"]["pgd20_linf"]["accuracy"],
         "worst_linf": report["worst_case"]["linf"],
         "worst_l2": report["worst_case"]["l2"],
         "union": report["union_accuracy"],
         "alarms": report["alarms"],
+        # Validation-time PGD-20 (test_step) of the exported and of the last G, on the test split.
+        "best_epoch": results["best_epoch"],
+        "epochs": results["epochs"],
+        "exported_clean": test["best/clean_accuracy"],
+        "exported_pgd20": test["best/pgd_accuracy"],
+        "last_clean": test["global/clean_accuracy"],
+        "last_pgd20": test["global/pgd_accuracy"],
     }
-    return Run(method, seed, metrics, time.time() - start)
+
+
+def reusable(root: str) -> dict[tuple[str, int], float]:
+    """(label, seed) -> seconds of the runs a previous invocation finished under `root`."""
+    path = os.path.join(root, "runs.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        entries = json.load(f)
+    done = {}
+    for entry in entries:
+        label = entry.get("label", entry.get("method"))
+        workdir = os.path.join(root, label, f"seed{entry['seed']}")
+        if os.path.exists(os.path.join(workdir, "report.json")):
+            done[(label, entry["seed"])] = entry["seconds"]
+    return done
 
 
 def summarise(runs: list[Run]) -> dict[str, dict[str, tuple[float, float]]]:
     """Mean and standard deviation over seeds, per method and column (in percent)."""
     table = {}
-    for method in dict.fromkeys(r.method for r in runs):
-        mine = [r for r in runs if r.method == method]
+    for method in dict.fromkeys(r.label for r in runs):
+        mine = [r for r in runs if r.label == method]
         table[method] = {}
-        for key, _ in COLUMNS:
+        for key in [k for k, _ in COLUMNS] + [k for k, _ in SELECTION_COLUMNS]:
             values = [100.0 * r.metrics[key] for r in mine]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             table[method][key] = (statistics.mean(values), spread)
+        table[method]["best_epoch"] = statistics.mean(r.metrics["best_epoch"] for r in mine)
     return table
 
 
@@ -136,6 +204,17 @@ def verdict(table) -> list[str]:
             f"({robust_gap:+.2f}). Claim (more natural accuracy at robustness within 2 points): "
             f"{'holds' if holds else 'does NOT hold'} here."
         )
+        if "last_clean" in g and "last_clean" in p:
+            lines.append(
+                f"- Without checkpoint selection (the last G of each run; PGD-20 of the validation "
+                f"step on the test split): Generalist-D natural {cell('generalist_d', 'last_clean')}"
+                f" vs PGD-AT {cell('pgd_at', 'last_clean')} "
+                f"({g['last_clean'][0] - p['last_clean'][0]:+.2f}), PGD-20 "
+                f"{cell('generalist_d', 'last_pgd20')} vs {cell('pgd_at', 'last_pgd20')} "
+                f"({g['last_pgd20'][0] - p['last_pgd20'][0]:+.2f}). The exported G of "
+                f"Generalist-D comes from epoch {g['best_epoch']:.1f} on average (PGD-AT: "
+                f"{p['best_epoch']:.1f})."
+            )
     for variant in ("generalist_t", "generalist_d_multinorm"):
         if variant in table and "avg" in table and "max" in table:
             best = max(("avg", "max"), key=lambda m: table[m]["union"][0])
@@ -148,37 +227,172 @@ def verdict(table) -> list[str]:
     return lines
 
 
-def write_results(path: str, runs: list[Run], *, suite: str, seeds, wall: float, command: str):
+def _rows(table: dict, columns, names: dict | None = None) -> list[str]:
+    rows = ["| method | " + " | ".join(title for _, title in columns) + " |"]
+    rows.append("|---|" + "---|" * len(columns))
+    for label, cells in table.items():
+        rows.append(
+            f"| {(names or {}).get(label, label)} | "
+            + " | ".join(f"{m:.2f} +- {s:.2f}" for m, s in (cells[k] for k, _ in columns))
+            + " |"
+        )
+    return rows
+
+
+def ablation_rows(runs: list[Run], ablation_runs: list[Run]) -> list[str]:
+    """Each ablation beside its method's runs with the same seeds (single-seed numbers)."""
+    seeds = sorted({r.seed for r in ablation_runs})
+    reference = {}
+    for key in dict.fromkeys(r.label for r in ablation_runs):
+        method = ABLATIONS[key][1]
+        reference[method] = [r for r in runs if r.label == method and r.seed in seeds]
+    table = summarise([r for group in reference.values() for r in group] + ablation_runs)
+    names = {key: what for key, (what, _, _) in ABLATIONS.items()}
+    names.update({method: f"{method} (as in the table above)" for method in reference})
+    columns = COLUMNS + SELECTION_COLUMNS
+    rows = _rows(table, columns, names)
+    header = rows[0].rstrip() + " best epoch |"
+    body = [
+        row + f" {table[label]['best_epoch']:.1f} |"
+        for row, label in zip(rows[2:], table, strict=True)
+    ]
+    return [header, rows[1] + "---|", *body]
+
+
+def ablation_reading(runs: list[Run], ablation_runs: list[Run]) -> list[str]:
+    """What the ablations say about the verdict, each line with the numbers it rests on."""
+    seeds = sorted({r.seed for r in ablation_runs})
+    table = summarise([r for r in runs if r.seed in seeds] + list(ablation_runs))
+
+    def pct(label, key):
+        return f"{table[label][key][0]:.2f}"
+
+    lines = []
+    if "generalist_d" in table:
+        from generalist_tf import schedules, variants
+
+        mixing = schedules.parse_mixing(variants.VARIANTS["generalist_d"].mixing)
+        mine = [r for r in runs if r.label == "generalist_d"]
+        epochs = mine[0].metrics["epochs"]
+        best = round(statistics.mean(r.metrics["best_epoch"] for r in mine))
+        natural = schedules.mixing_weights(mixing, ["natural"], best, epochs)[0]
+        lines.append(
+            f"- Checkpoint selection: the exported Generalist-D G comes from epoch {best} of "
+            f"{epochs} on average, where the natural learner's weight is {natural:.2f}: the "
+            "served G is then the robust learner's EMA, and choosing G on validation PGD accuracy "
+            "never picks a mixed G. The natural weight grows only after 2E/3."
+        )
+    pairs = [
+        (
+            "gd_no_communication",
+            "generalist_d",
+            "last_pgd20",
+            "Redistribution: without it the last G (0.6 natural + 0.4 robust EMA, never pulled "
+            "back together) keeps {a}% PGD-20 against {b}% with it; interpolating learners that "
+            "drift apart destroys robustness, and with redistribution the mix is only as good as "
+            "the table shows.",
+        ),
+        (
+            "gd_no_ema",
+            "generalist_d",
+            "clean",
+            "EMA: without it the exported G has {a}% natural accuracy against {b}% with it "
+            "(worst-case l_inf {c}% vs {d}%): in 30 short epochs the 0.999 EMA lags the learners.",
+        ),
+        (
+            "gd_robust_end_07",
+            "generalist_d",
+            "last_pgd20",
+            "Mixing schedule: ending at robust weight 0.7 instead of 0.4 gives the last G {a}% "
+            "PGD-20 against {b}% (natural {e}% vs {f}%).",
+        ),
+        (
+            "multinorm_linf_first",
+            "generalist_d_multinorm",
+            "worst_linf",
+            "Multi-norm weights: keeping the l_inf learner alone until 2E/3 gives worst-case l_inf "
+            "{a}% against {b}% with equal weights from the start, and union {g}% vs {h}%: our equal "
+            "weights let the l_2 learner dominate G.",
+        ),
+    ]
+    for ablation, method, key, text in pairs:
+        if ablation in table and method in table:
+            lines.append(
+                "- "
+                + text.format(
+                    a=pct(ablation, key),
+                    b=pct(method, key),
+                    c=pct(ablation, "worst_linf"),
+                    d=pct(method, "worst_linf"),
+                    e=pct(ablation, "last_clean"),
+                    f=pct(method, "last_clean"),
+                    g=pct(ablation, "union"),
+                    h=pct(method, "union"),
+                )
+            )
+    return lines
+
+
+def write_results(
+    path: str,
+    runs: list[Run],
+    *,
+    suite: str,
+    seeds,
+    wall: float,
+    command: str,
+    ablation_runs: list[Run] = (),
+):
     from generalist_tf import evaluate
 
     table = summarise(runs)
-    rows = ["| method | " + " | ".join(title for _, title in COLUMNS) + " |"]
-    rows.append("|---|" + "---|" * len(COLUMNS))
-    for method, cells in table.items():
-        rows.append(
-            f"| {method} | "
-            + " | ".join(f"{m:.2f} +- {s:.2f}" for m, s in (cells[k] for k, _ in COLUMNS))
-            + " |"
-        )
-    alarms = sorted({a for r in runs for a in r.metrics["alarms"]})
+    alarms = sorted({a for r in [*runs, *ablation_runs] for a in r.metrics["alarms"]})
+    busy = sum(r.seconds for r in [*runs, *ablation_runs])
     text = [
         f"# Small-scale reproduction ({suite})",
         "",
         f"Command: `{command}`",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, no GPU. "
-        f"Wall time: {wall / 60:.1f} minutes for {len(runs)} runs (training + evaluation).",
+        f"Time: {sum(r.seconds for r in runs) / 60:.1f} minutes for the {len(runs)} runs of the "
+        f"table (training + evaluation, summed per run), {busy / 60:.1f} minutes with the "
+        f"ablations; this invocation's wall time {wall / 60:.1f} minutes (runs already in "
+        "`runs.json` are reused).",
         f"Seeds: {', '.join(map(str, seeds))}. Each run: its `flags/digits_<method>.cfg`; the "
         "exported G (chosen on the validation split) evaluated on the whole test split.",
         "Accuracy in percent, mean +- standard deviation over seeds. Worst-case: per example, "
         "the worst of every attack of that norm (FGSM, PGD-20/100, CW, MIM, APGD-CE, APGD-T, "
         "Square for l_inf; PGD-20/100, APGD-CE for l_2). Union: robust to all of them at once.",
         "",
-        *rows,
+        *_rows(table, COLUMNS),
+        "",
+        "## Exported G against the last G",
+        "",
+        "The exported G is the epoch with the best validation PGD accuracy; the last G is the "
+        "end of training. Both on the test split with the validation step's PGD-20 (one random "
+        "start), so these PGD-20 numbers differ slightly from the suite's.",
+        "",
+        *_rows(table, SELECTION_COLUMNS),
         "",
         "## Verdict",
         "",
         *verdict(table),
         "",
+    ]
+    if ablation_runs:
+        text += [
+            "## Ablations",
+            "",
+            f"Seed {', '.join(sorted({str(r.seed) for r in ablation_runs}))}, one run each, "
+            "beside the same seed of the method it changes (+- is 0 for a single seed).",
+            "",
+            *ablation_rows(runs, list(ablation_runs)),
+            "",
+            "What they explain (seed-0 numbers):",
+            "",
+            *ablation_reading(runs, list(ablation_runs)),
+            "",
+        ]
+    text += [
         "## Gradient-masking alarms raised",
         "",
         *([f"- {a}" for a in alarms] or ["- none"]),
@@ -201,44 +415,68 @@ def _define():
     flags.DEFINE_string("workdir", "runs/repro", "Where runs and RESULTS.md go.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
     flags.DEFINE_list("methods", list(METHODS), "Methods to run.")
+    flags.DEFINE_list(
+        "ablations", list(ABLATIONS), f"Ablations to run (of {', '.join(ABLATIONS)}; empty: none)."
+    )
+    flags.DEFINE_list("ablation_seeds", ["0"], "Seeds of the ablations.")
+    flags.DEFINE_bool("reuse", True, "Reuse the finished runs recorded in <workdir>/runs.json.")
     flags.DEFINE_string("data_dir", None, "tfds data directory (mnist suite).")
     flags.DEFINE_integer("epochs", 0, "Override every method's epochs (0: keep the flagfile's).")
-    flags.DEFINE_integer("square_queries", 1000, "Square attack query budget.")
+    flags.DEFINE_integer(
+        "square_queries", 0, "Override the Square attack's query budget (0: the flagfile's)."
+    )
     flags.DEFINE_string("results", "RESULTS.md", "Output file (relative to the repo root).")
 
 
 def main(argv):
     del argv
+    unknown = sorted(set(FLAGS.ablations) - set(ABLATIONS))
+    if unknown:
+        raise app.UsageError(f"--ablations: unknown {unknown}; choose from {list(ABLATIONS)}")
     extra = {"data_dir": FLAGS.data_dir} if FLAGS.data_dir else {}
     if FLAGS.epochs:
         extra["epochs"] = FLAGS.epochs
-    eval_kwargs = {"square_queries": FLAGS.square_queries}
-    start, runs = time.time(), []
-    for method in FLAGS.methods:
-        for seed in map(int, FLAGS.seeds):
+    if FLAGS.square_queries:
+        extra["eval_square_queries"] = FLAGS.square_queries
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    done = reusable(FLAGS.workdir) if FLAGS.reuse else {}
+    plan = [(m, m, int(s), {}) for m in FLAGS.methods for s in FLAGS.seeds]
+    plan += [
+        (key, ABLATIONS[key][1], int(s), ABLATIONS[key][2])
+        for key in FLAGS.ablations
+        for s in FLAGS.ablation_seeds
+    ]
+    start, finished = time.time(), []
+    for label, method, seed, overrides in plan:
+        if (label, seed) in done:
+            workdir = os.path.join(FLAGS.workdir, label, f"seed{seed}")
+            run = Run(label, seed, read_metrics(workdir), done[(label, seed)])
+        else:
             run = run_one(
                 method,
                 seed,
                 root=FLAGS.workdir,
                 suite=FLAGS.suite,
-                extra=extra,
-                eval_kwargs=eval_kwargs,
+                extra={**extra, **overrides},
+                label=label,
             )
-            logging.warning("%s seed %d: %s (%.0f s)", method, seed, run.metrics, run.seconds)
-            runs.append(run)
-            with open(os.path.join(FLAGS.workdir, "runs.json"), "w") as f:
-                json.dump([dataclasses.asdict(r) for r in runs], f, indent=1)
+            logging.warning("%s seed %d: %s (%.0f s)", label, seed, run.metrics, run.seconds)
+        finished.append(run)
+        with open(os.path.join(FLAGS.workdir, "runs.json"), "w") as f:
+            json.dump([dataclasses.asdict(r) for r in finished], f, indent=1)
     command = "python -m generalist_tf.repro " + " ".join(
         f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]}"
-        for name in ("suite", "workdir", "seeds", "methods", "epochs", "square_queries")
+        for name in ("suite", "workdir", "seeds", "methods", "ablations", "ablation_seeds")
     )
+    methods = set(FLAGS.methods)
     write_results(
         FLAGS.results,
-        runs,
+        [r for r in finished if r.label in methods],
         suite=FLAGS.suite,
         seeds=FLAGS.seeds,
         wall=time.time() - start,
         command=command,
+        ablation_runs=[r for r in finished if r.label not in methods],
     )
 
 

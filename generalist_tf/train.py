@@ -103,8 +103,9 @@ def build_generalist(config: Config, build_network, steps_per_epoch: int) -> gen
         ema_alpha=config.ema_decay,
         jit_compile=config.jit_compile,
         seed=config.seed,
+        mix_in_step=config.steps_per_execution > 1,
     )
-    model.compile(optimizer=None, jit_compile=False)
+    model.compile(optimizer=None, jit_compile=False, steps_per_execution=config.steps_per_execution)
     return model
 
 
@@ -153,6 +154,25 @@ def train(config: Config) -> dict:
         keras.mixed_precision.set_dtype_policy(previous)
 
 
+def _check_steps_per_execution(config: Config, steps_per_epoch: int, offset: int) -> None:
+    """Every `fit` must run whole executions (`Generalist.make_train_function`).
+
+    Raises:
+      ValueError: the epoch, or the rest of a resumed epoch, is not a multiple of N.
+    """
+    n = config.steps_per_execution
+    if steps_per_epoch % n:
+        raise ValueError(
+            f"--steps_per_execution={n} must divide the {steps_per_epoch} steps of an epoch "
+            f"(training examples // --batch_size={config.batch_size})"
+        )
+    if offset % n:
+        raise ValueError(
+            f"--steps_per_execution={n}: the checkpoint in {config.workdir} stopped {offset} "
+            "steps into an epoch; resume with the steps_per_execution it was written with"
+        )
+
+
 def _train(config: Config) -> dict:
     strategy = distribute.make_strategy(num_cpu_replicas=config.num_cpu_replicas, tpu=config.tpu)
     chief = distribute.is_chief(strategy)
@@ -165,6 +185,7 @@ def _train(config: Config) -> dict:
         raise ValueError(
             f"--batch_size={config.batch_size} exceeds the {len(arrays.x_train)} training examples"
         )
+    _check_steps_per_execution(config, steps_per_epoch, 0)
     build_network = network_builder(config, arrays)
     with strategy.scope():
         model = build_generalist(config, build_network, steps_per_epoch)
@@ -217,6 +238,7 @@ def _train(config: Config) -> dict:
         )
 
     epoch, offset = divmod(start_step, steps_per_epoch)
+    _check_steps_per_execution(config, steps_per_epoch, offset)
     if offset and epoch < config.epochs:
         # Resumed inside an epoch: finish it (its remaining steps, then validation and the
         # epoch-end callbacks), then continue with whole epochs.
@@ -276,7 +298,7 @@ def _train(config: Config) -> dict:
         from generalist_tf import evaluate
 
         report = evaluate.run_on_export(
-            config, os.path.join(config.workdir, EXPORT_BEST), config.workdir
+            config, os.path.join(config.workdir, EXPORT_BEST), config.workdir, strategy=strategy
         )
         results["robustness"] = {
             "of": EXPORT_BEST,

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from generalist_tf import checkpoints
+from generalist_tf import checkpoints, train
 from tests.helpers_train import config_from, run_main
 
 CONFIG_CASES = [
@@ -17,6 +17,7 @@ CONFIG_CASES = [
     ({"dataset": "imagenet"}, "--dataset='imagenet' is unknown"),
     ({"model": "vgg16"}, "--model='vgg16' is unknown"),
     ({"variant": "generalist_x"}, "--variant='generalist_x' is unknown"),
+    ({"steps_per_execution": "0"}, "--steps_per_execution must be >= 1, got 0"),
     ({"epsilon": "-0.1"}, "--epsilon must be in (0, 1] for images in [0, 1], got -0.1"),
     ({"epsilon": "8"}, "--epsilon must be in (0, 1] for images in [0, 1], got 8"),
     ({"step_size": "0.5"}, "--step_size must be in (0, --epsilon=0.3], got 0.5"),
@@ -165,3 +166,12 @@ def test_corrupt_checkpoint_is_reported_and_export_kept(finished_run, tmp_path):
     result = run_main(*FAST, f"--workdir={workdir}", "--epochs=2")
     assert_one_line_error(result, "cannot be restored", "--restart")
     assert snapshot(workdir / "export") == export_before
+
+
+def test_steps_per_execution_must_divide_every_fit():
+    cfg = config_from("smoke.cfg", steps_per_execution=2, workdir="/tmp/w")
+    train._check_steps_per_execution(cfg, 20, 4)  # whole executions: accepted
+    with pytest.raises(ValueError, match=r"--steps_per_execution=2 must divide the 19 steps"):
+        train._check_steps_per_execution(cfg, 19, 0)
+    with pytest.raises(ValueError, match=r"stopped 3 steps into an epoch"):
+        train._check_steps_per_execution(cfg, 20, 3)

@@ -17,14 +17,23 @@ from tests.helpers_train import config_from
 STEPS = 4
 
 
-def run(num_replicas, *, jit_compile="false", variant="generalist_d", epochs=2):
+def run(
+    num_replicas,
+    *,
+    jit_compile="false",
+    variant="generalist_d",
+    epochs=2,
+    steps_per_execution=1,
+    communication_start=0.5,
+):
     cfg = config_from(
         "smoke.cfg",
         variant=variant,
         epochs=epochs,
         jit_compile=jit_compile,
-        communication_start=0.5,
+        communication_start=communication_start,
         communication_period=1,
+        steps_per_execution=steps_per_execution,
         workdir="/tmp/unused",
     )
     # Deterministic attacks, so both runs see the same adversarial examples.
@@ -71,6 +80,21 @@ def test_two_replicas_equal_one_replica():
     for learner in two.learners:
         assert int(learner.optimizer.iterations.numpy()) == 2 * STEPS
     assert int(two.ema_updates.numpy()) == 2 * STEPS
+
+
+def test_steps_per_execution_mixes_after_every_step():
+    """N steps per compiled call: train_step mixes (merge_call), same numbers as the callback.
+
+    Two replicas (Keras' own N-step loop fails there, keras-team/keras#19246); epoch 1 only
+    mixes, epoch 2 also redistributes after every step.
+    """
+    one = run(2, epochs=2, communication_start=1.0)
+    two = run(2, epochs=2, communication_start=1.0, steps_per_execution=2)
+    assert two.mix_in_step and not one.mix_in_step
+    assert_same_training(one, two, atol=1e-6)
+    assert int(two.ema_updates.numpy()) == 2 * STEPS
+    for learner in two.learners:
+        assert int(learner.optimizer.iterations.numpy()) == 2 * STEPS
 
 
 def test_hand_made_mean_would_double_the_update():

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from generalist_tf import data, evaluate, export, robust_attacks
-from tests import helpers_eval
+from generalist_tf import data, distribute, evaluate, export, robust_attacks
+from tests import helpers_eval, helpers_train
 
 FAST_BUDGET = dict(square_queries=300, apgd_steps=50)
 REPORT_KEYS = {
@@ -269,6 +269,49 @@ def test_evaluates_an_exported_saved_model(tmp_path):
             keras_run["attacks"][name]["accuracy"], abs=1.5 / len(x)
         ), name
     assert served["alarms"] == []
+
+
+def test_two_replicas_give_the_numbers_of_one_device(tmp_path):
+    """Under the training strategy each replica attacks whole batches with their own seeds."""
+    network = helpers_eval.fitted()
+    path = str(tmp_path / "export")
+    export.export_saved_model(network, helpers_eval.build_digits_cnn, path)
+    strategy = helpers_train.two_replica_strategy()
+    with strategy.scope():
+        replicated = export.load_serving(path)
+    x, y = helpers_eval.subset(72)  # 5 batches of 16: the last round leaves a replica idle
+    names = ["pgd20_linf", "apgd_t_linf", "square_linf", "pgd20_l2"]
+    budget = dict(attacks=names, batch_size=16, apgd_steps=10, square_queries=100, **NO_CURVES)
+    one = _evaluate(export.load_serving(path), tmp_path / "one", x, y, **budget)
+    two = _evaluate(replicated, tmp_path / "two", x, y, strategy=strategy, **budget)
+    assert two["clean_accuracy"] == one["clean_accuracy"] and two["num_examples"] == 72
+    assert {n: e["accuracy"] for n, e in two["attacks"].items()} == {
+        n: e["accuracy"] for n, e in one["attacks"].items()
+    }
+    assert two["worst_case"] == one["worst_case"] and two["union_accuracy"] < one["clean_accuracy"]
+
+
+def test_map_batches_runs_each_batch_on_one_replica():
+    strategy = helpers_train.two_replica_strategy()
+    devices = []
+
+    def batch(index):
+        value = tf.identity(tf.constant([index, index]))
+        devices.append((index, value.device))
+        return value
+
+    done = []
+    results = distribute.map_batches(strategy, batch, 3, on_done=done.append)
+    assert [r.tolist() for r in results] == [[0, 0], [1, 1], [2, 2]] and done == [2, 1]
+    assert sorted(devices) == sorted(
+        [
+            (0, "/job:localhost/replica:0/task:0/device:CPU:0"),
+            (1, "/job:localhost/replica:0/task:0/device:CPU:1"),
+            (2, "/job:localhost/replica:0/task:0/device:CPU:0"),
+        ]
+    )
+    assert distribute.eval_strategy(strategy) is strategy
+    assert distribute.eval_strategy(tf.distribute.MirroredStrategy(["/cpu:0"])) is None
 
 
 def test_evaluates_an_npz_dataset_of_uint8_images(tmp_path):

@@ -197,10 +197,19 @@ def test_eval_mode_on_the_export_and_on_an_npz(smoke_run, tmp_path):
     arrays = data.load("digits")
     npz = tmp_path / "digits_test.npz"
     np.savez(npz, x_test=(arrays.x_test * 255).round().astype(np.uint8), y_test=arrays.y_test)
-    # digits has default budgets (0.3, 1.0); an npz must state its own.
+    # digits has default budgets (0.3, 1.0); an npz must state its own. The npz run spreads its
+    # batches over 2 logical CPU replicas, as a training run's strategy would.
     for dataset, budget in (
         ("digits", ()),
-        (f"npz:{npz}", ("--eval_epsilon_linf=0.3", "--eval_epsilon_l2=1.0")),
+        (
+            f"npz:{npz}",
+            (
+                "--eval_epsilon_linf=0.3",
+                "--eval_epsilon_l2=1.0",
+                "--num_cpu_replicas=2",
+                "--eval_batch_size=16",
+            ),
+        ),
     ):
         out = tmp_path / dataset.replace(":", "_").replace("/", "_")
         result = run_main(

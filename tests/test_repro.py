@@ -1,5 +1,7 @@
 """The reproduction driver: trains, evaluates alike, writes RESULTS.md and the trade-off plot."""
 
+import dataclasses
+import json
 import os
 
 import pytest
@@ -7,27 +9,37 @@ import pytest
 from generalist_tf import repro
 from tests.helpers_train import ROOT
 
-TINY = {"epochs": 2, "num_steps": 2, "l2_num_steps": 2, "eval_num_steps": 2}
-TINY_EVAL = {
-    "square_queries": 20,
-    "apgd_steps": 5,
-    "epsilon_fractions": (),
-    "attacks": ("fgsm_linf", "pgd20_linf", "square_linf", "pgd20_l2", "apgd_ce_l2"),
-    "verbose": 0,
+TINY = {
+    "epochs": 2,
+    "num_steps": 2,
+    "l2_num_steps": 2,
+    "eval_num_steps": 2,
+    "eval_square_queries": 20,
+    "eval_apgd_steps": 5,
+    "eval_attacks": "fgsm_linf,pgd20_linf,square_linf,pgd20_l2,apgd_ce_l2",
 }
 
 
 def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # flagfiles nest by paths relative to the repository root
     runs = [
-        repro.run_one(
-            method, seed, root=str(tmp_path), suite="digits", extra=TINY, eval_kwargs=TINY_EVAL
-        )
+        repro.run_one(method, seed, root=str(tmp_path), suite="digits", extra=TINY)
         for method in ("pgd_at", "generalist_d")
         for seed in (0, 1)
     ]
-    for run in runs:
+    what, method, overrides = repro.ABLATIONS["gd_no_ema"]
+    ablation = repro.run_one(
+        method,
+        0,
+        root=str(tmp_path),
+        suite="digits",
+        extra={**TINY, **overrides},
+        label="gd_no_ema",
+    )
+    for run in runs + [ablation]:
         assert 0.0 <= run.metrics["union"] <= run.metrics["worst_linf"] <= run.metrics["clean"]
+        assert 0.0 <= run.metrics["last_pgd20"] <= run.metrics["last_clean"] <= 1.0
+        assert run.metrics["best_epoch"] in (1, 2)
     results = tmp_path / "RESULTS.md"
     table = repro.write_results(
         str(results),
@@ -36,14 +48,27 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
         seeds=[0, 1],
         wall=12.0,
         command="python -m generalist_tf.repro --test",
+        ablation_runs=[ablation],
     )
     text = results.read_text()
     assert "| pgd_at |" in text and "| generalist_d |" in text
     assert "Generalist-D vs PGD-AT" in text and "python -m generalist_tf.repro --test" in text
+    assert "## Exported G against the last G" in text and "Without checkpoint selection" in text
+    assert "## Ablations" in text and f"| {what} |" in text
+    assert "| generalist_d (as in the table above) |" in text
     assert os.path.getsize(tmp_path / "tradeoff.png") > 1000
     mean, std = table["pgd_at"]["clean"]
-    values = [100 * r.metrics["clean"] for r in runs if r.method == "pgd_at"]
+    values = [100 * r.metrics["clean"] for r in runs if r.label == "pgd_at"]
     assert mean == pytest.approx(sum(values) / 2) and std >= 0
+    assert "gd_no_ema" not in table  # ablations stay out of the main table
+
+    # A second invocation reuses what runs.json records and finds on disk.
+    with open(tmp_path / "runs.json", "w") as f:
+        json.dump([dataclasses.asdict(r) for r in runs + [ablation]], f)
+    os.remove(tmp_path / "generalist_d" / "seed1" / "report.json")
+    done = repro.reusable(str(tmp_path))
+    assert set(done) == {("pgd_at", 0), ("pgd_at", 1), ("generalist_d", 0), ("gd_no_ema", 0)}
+    assert repro.read_metrics(str(tmp_path / "pgd_at" / "seed0")) == runs[0].metrics
 
 
 def test_verdict_reads_the_numbers():
