@@ -177,6 +177,11 @@ class Generalist(keras.Model):
         training, so it keeps Keras' one-step path.
         """
         saved, self.steps_per_execution = self.steps_per_execution, 1
+        # `fit` builds its validation iterator (Keras' private `_eval_epoch_iterator`) with N
+        # before calling here; left at N it would hand one batch per N to a one-step function.
+        cached = getattr(self, "_eval_epoch_iterator", None)
+        if cached is not None:
+            cached.steps_per_execution = 1
         try:
             return super().evaluate(*args, **kwargs)
         finally:

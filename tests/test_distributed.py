@@ -15,6 +15,7 @@ from generalist_tf import callbacks, data, mixing, train
 from tests.helpers_train import config_from
 
 STEPS = 4
+VALIDATION_BATCH = 32  # several validation batches per epoch
 
 
 def run(
@@ -25,6 +26,7 @@ def run(
     epochs=2,
     steps_per_execution=1,
     communication_start=0.5,
+    validation=False,
 ):
     cfg = config_from(
         "smoke.cfg",
@@ -48,10 +50,14 @@ def run(
     with strategy.scope():
         model = train.build_generalist(cfg, build, STEPS)
     stream = data.train_dataset(arrays, batch_size=cfg.batch_size, seed=cfg.seed)
+    val = None
+    if validation:
+        val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=VALIDATION_BATCH)
     model.fit(
         stream,
         epochs=epochs,
         steps_per_epoch=STEPS,
+        validation_data=val,
         callbacks=[callbacks.GeneralistCallback(cfg.mixing, cfg.communication, epochs)],
         verbose=0,
     )
@@ -86,12 +92,16 @@ def test_steps_per_execution_mixes_after_every_step():
     """N steps per compiled call: train_step mixes (merge_call), same numbers as the callback.
 
     Two replicas (Keras' own N-step loop fails there, keras-team/keras#19246); epoch 1 only
-    mixes, epoch 2 also redistributes after every step.
+    mixes, epoch 2 also redistributes after every step; validation runs 4 batches per epoch.
     """
-    one = run(2, epochs=2, communication_start=1.0)
-    two = run(2, epochs=2, communication_start=1.0, steps_per_execution=2)
+    one = run(2, epochs=2, communication_start=1.0, validation=True)
+    two = run(2, epochs=2, communication_start=1.0, steps_per_execution=2, validation=True)
     assert two.mix_in_step and not one.mix_in_step
     assert_same_training(one, two, atol=1e-6)
+    # Validation sees every batch (fit built its iterator for N-step calls).
+    val_one, val_two = one.history.history, two.history.history
+    for key in ("val_global/clean_accuracy", "val_global/pgd_accuracy", "val_global/loss"):
+        np.testing.assert_allclose(val_two[key], val_one[key], rtol=1e-5, err_msg=key)
     assert int(two.ema_updates.numpy()) == 2 * STEPS
     for learner in two.learners:
         assert int(learner.optimizer.iterations.numpy()) == 2 * STEPS
