@@ -138,14 +138,7 @@ def map_batches(strategy: tf.distribute.Strategy | None, fn, num_batches: int, o
     Returns:
       The results of `fn` as numpy arrays, in batch order.
     """
-    if strategy is None:
-        results = []
-        for index in range(num_batches):
-            results.append(np.asarray(fn(index)))
-            if on_done is not None:
-                on_done(1)
-        return results
-    replicas = strategy.num_replicas_in_sync
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
     results = []
     for first in range(0, num_batches, replicas):
 
@@ -154,7 +147,10 @@ def map_batches(strategy: tf.distribute.Strategy | None, fn, num_batches: int, o
             index = first + int(tf.get_static_value(context.replica_id_in_sync_group))
             return fn(index) if index < num_batches else tf.zeros([0])
 
-        outputs = strategy.experimental_local_results(strategy.run(replica_fn))
+        if strategy is None:
+            outputs = [fn(first)]
+        else:
+            outputs = strategy.experimental_local_results(strategy.run(replica_fn))
         done = min(replicas, num_batches - first)
         results.extend(np.asarray(output) for output in outputs[:done])
         if on_done is not None:

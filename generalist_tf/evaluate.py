@@ -18,6 +18,7 @@ ball.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -325,8 +326,7 @@ def run_attack(
     target_model = model if target_model is None else target_model
 
     def one_batch(batch_index):
-        start = batch_index * batch_size
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        xb, yb = _batch(x, y, batch_index, batch_size)
         correct = np.ones(len(xb), bool)
         for repeat in range(attack.repeats):
             batch_seed = seed * 1_000_003 + _seed_stream(stream, batch_index, repeat)
@@ -342,6 +342,12 @@ def run_attack(
         on_done=None if progress is None else progress.add,
     )
     return np.concatenate(masks).astype(bool)
+
+
+def _batch(x: np.ndarray, y: np.ndarray, index: int, batch_size: int):
+    """Images and labels of batch `index`."""
+    start = index * batch_size
+    return x[start : start + batch_size], y[start : start + batch_size]
 
 
 def _num_batches(n: int, batch_size: int) -> int:
@@ -477,15 +483,13 @@ def evaluate_model(
     )
 
     strategy = distribute.eval_strategy(strategy)
+
+    def clean_batch(index):
+        xb, yb = _batch(x, y, index, batch_size)
+        return tf.constant(_predict(classifier, xb) == yb)
+
     clean = np.concatenate(
-        distribute.map_batches(
-            strategy,
-            lambda i: tf.constant(
-                _predict(classifier, x[i * batch_size : (i + 1) * batch_size])
-                == y[i * batch_size : (i + 1) * batch_size]
-            ),
-            _num_batches(len(x), batch_size),
-        )
+        distribute.map_batches(strategy, clean_batch, _num_batches(len(x), batch_size))
     ).astype(bool)
     masks, entries = {}, {}
     for name, attack in runs:
@@ -582,11 +586,8 @@ def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
     from generalist_tf import data, export
 
     strategy = distribute.eval_strategy(strategy)
-    if strategy is None:
+    with contextlib.nullcontext() if strategy is None else strategy.scope():
         model = export.load_serving(path)
-    else:
-        with strategy.scope():
-            model = export.load_serving(path)
     arrays = data.load(config.dataset, data_dir=config.data_dir, require_train=False)
     x, y = arrays.x_test, arrays.y_test
     if config.eval_examples is not None and config.eval_examples < len(x):

@@ -7,7 +7,7 @@ redistribution) is done by `callbacks.GeneralistCallback` through `update_global
 every learner's EMA on clean and PGD inputs; `call` is G, the only network that is served.
 
 With `steps_per_execution` N > 1 Keras runs N train steps in one compiled loop and calls the
-callback once per N steps, too late for a per-step EMA. Then (`mix_in_step=True`) the callback
+callback once per N steps, too late for a per-step EMA. Then (`mix_in_step`) the callback
 only sets the epoch's coefficients and communication flag (`set_mixing`) and `train_step` itself
 runs the same `update_global` / `redistribute` arithmetic after every step, in cross-replica
 context through `merge_call`: the same numbers as N = 1.
@@ -40,8 +40,6 @@ class Generalist(keras.Model):
       ema_alpha: the EMA decay ceiling (official 0.999); 0 disables averaging.
       jit_compile: compile policy of the evaluation attack.
       seed: seed of the evaluation attack's random start.
-      mix_in_step: mix after every step inside `train_step` (for `steps_per_execution` > 1);
-        the callback then only calls `set_mixing` once per epoch.
     """
 
     def __init__(
@@ -54,7 +52,6 @@ class Generalist(keras.Model):
         ema_alpha: float = 0.999,
         jit_compile="auto",
         seed: int = 0,
-        mix_in_step: bool = False,
     ):
         super().__init__(name="generalist")
         self.learner_names = tuple(learner.name for learner in learners)
@@ -75,7 +72,6 @@ class Generalist(keras.Model):
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
         self.best_score = keras.Variable(-1.0, dtype="float32", trainable=False, name="best_score")
         self.best_epoch = keras.Variable(0, dtype="int64", trainable=False, name="best_epoch")
-        self.mix_in_step = bool(mix_in_step)
         # The epoch's mixing weights and communication flag for in-step mixing; the callback
         # sets them at every epoch start, so they need no checkpoint.
         self._coefficients = tf.Variable(
@@ -95,6 +91,12 @@ class Generalist(keras.Model):
         self._save_best = tf.function(self._save_best_fn)
         # Every network was built by its functional constructor; nothing is left to build.
         self.built = True
+
+    @property
+    def mix_in_step(self) -> bool:
+        """Whether `train_step` mixes after every step: `compile(steps_per_execution=N > 1)`,
+        where the callback runs once per N steps and only calls `set_mixing` each epoch."""
+        return self.steps_per_execution > 1
 
     @property
     def learners(self) -> list[BaseLearner]:

@@ -89,6 +89,11 @@ class Run:
     seconds: float
 
 
+def run_dir(root: str, label: str, seed: int) -> str:
+    """Where the run of `label` with `seed` writes (its `--workdir`)."""
+    return os.path.join(root, label, f"seed{seed}")
+
+
 def command(method: str, flags_: dict) -> list[str]:
     """`python -m generalist_tf.main --flagfile=flags/digits_<method>.cfg --<flag>=<value> ...`."""
     return [
@@ -116,7 +121,7 @@ def run_one(
       RuntimeError: the run failed (its last error line).
     """
     label = label or method
-    workdir = os.path.join(root, label, f"seed{seed}")
+    workdir = run_dir(root, label, seed)
     flags_ = {**SUITES[suite], **extra, "seed": seed, "workdir": workdir, "verbose": 0}
     start = time.time()
     result = subprocess.run(
@@ -156,6 +161,8 @@ def read_metrics(workdir: str) -> dict:
 
 def reusable(root: str) -> dict[tuple[str, int], float]:
     """(label, seed) -> seconds of the runs a previous invocation finished under `root`."""
+    from generalist_tf import evaluate
+
     path = os.path.join(root, "runs.json")
     if not os.path.exists(path):
         return {}
@@ -164,8 +171,8 @@ def reusable(root: str) -> dict[tuple[str, int], float]:
     done = {}
     for entry in entries:
         label = entry.get("label", entry.get("method"))
-        workdir = os.path.join(root, label, f"seed{entry['seed']}")
-        if os.path.exists(os.path.join(workdir, "report.json")):
+        workdir = run_dir(root, label, entry["seed"])
+        if os.path.exists(os.path.join(workdir, evaluate.REPORT_JSON)):
             done[(label, entry["seed"])] = entry["seconds"]
     return done
 
@@ -387,7 +394,7 @@ def write_results(
             "",
             *ablation_rows(runs, list(ablation_runs)),
             "",
-            "What they explain (seed-0 numbers):",
+            f"What they explain (seed {', '.join(sorted({str(r.seed) for r in ablation_runs}))}):",
             "",
             *ablation_reading(runs, list(ablation_runs)),
             "",
@@ -449,8 +456,9 @@ def main(argv):
     start, finished = time.time(), []
     for label, method, seed, overrides in plan:
         if (label, seed) in done:
-            workdir = os.path.join(FLAGS.workdir, label, f"seed{seed}")
-            run = Run(label, seed, read_metrics(workdir), done[(label, seed)])
+            run = Run(
+                label, seed, read_metrics(run_dir(FLAGS.workdir, label, seed)), done[(label, seed)]
+            )
         else:
             run = run_one(
                 method,

@@ -103,7 +103,6 @@ def build_generalist(config: Config, build_network, steps_per_epoch: int) -> gen
         ema_alpha=config.ema_decay,
         jit_compile=config.jit_compile,
         seed=config.seed,
-        mix_in_step=config.steps_per_execution > 1,
     )
     model.compile(optimizer=None, jit_compile=False, steps_per_execution=config.steps_per_execution)
     return model
