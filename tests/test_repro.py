@@ -1,6 +1,5 @@
 """The reproduction driver: trains, evaluates alike, writes RESULTS.md and the trade-off plot."""
 
-import dataclasses
 import json
 import os
 
@@ -22,20 +21,16 @@ TINY = {
 
 def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # flagfiles nest by paths relative to the repository root
-    runs = [
-        repro.run_one(method, seed, root=str(tmp_path), suite="digits", extra=TINY)
-        for method in ("pgd_at", "generalist_d")
-        for seed in (0, 1)
-    ]
     what, method, overrides = repro.ABLATIONS["gd_no_ema"]
-    ablation = repro.run_one(
-        method,
-        0,
-        root=str(tmp_path),
-        suite="digits",
-        extra={**TINY, **overrides},
-        label="gd_no_ema",
-    )
+    plan = [(m, m, seed, {}) for m in ("pgd_at", "generalist_d") for seed in (0, 1)]
+    plan.append(("gd_no_ema", method, 0, overrides))
+    # Two runs at a time, each its own process, as `--jobs=2` does.
+    finished = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra=TINY, done={}, jobs=2)
+    assert [(r.label, r.seed) for r in finished] == [(p[0], p[2]) for p in plan]
+    with open(tmp_path / "runs.json") as f:
+        assert [(e["label"], e["seed"]) for e in json.load(f)] == [(p[0], p[2]) for p in plan]
+    assert all(r.ended >= r.seconds > 0 for r in finished)
+    runs, ablation = finished[:4], finished[4]
     for run in runs + [ablation]:
         assert 0.0 <= run.metrics["union"] <= run.metrics["worst_linf"] <= run.metrics["clean"]
         assert 0.0 <= run.metrics["last_pgd20"] <= run.metrics["last_clean"] <= 1.0
@@ -49,6 +44,7 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
         wall=12.0,
         command="python -m generalist_tf.repro --test",
         ablation_runs=[ablation],
+        jobs=2,
     )
     text = results.read_text()
     assert "| pgd_at |" in text and "| generalist_d |" in text
@@ -62,13 +58,18 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     assert mean == pytest.approx(sum(values) / 2) and std >= 0
     assert "gd_no_ema" not in table  # ablations stay out of the main table
 
-    # A second invocation reuses what runs.json records and finds on disk.
-    with open(tmp_path / "runs.json", "w") as f:
-        json.dump([dataclasses.asdict(r) for r in runs + [ablation]], f)
+    assert "every run trained by this invocation" in text and "--jobs=2" in text
+
+    # A second invocation reuses what runs.json records and finds on disk, and retrains the rest
+    # alone (jobs=1) to the same numbers: with --deterministic, parallel runs do not interact.
     os.remove(tmp_path / "generalist_d" / "seed1" / "report.json")
     done = repro.reusable(str(tmp_path))
     assert set(done) == {("pgd_at", 0), ("pgd_at", 1), ("generalist_d", 0), ("gd_no_ema", 0)}
     assert repro.read_metrics(str(tmp_path / "pgd_at" / "seed0")) == runs[0].metrics
+    again = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra=TINY, done=done)
+    assert [r.metrics for r in again] == [r.metrics for r in finished]
+    assert [r.ended > 0 for r in again] == [False, False, False, True, False]
+    assert "4 of the 5 runs were reused" in repro.timing(again[:4], again[4:], wall=30.0, jobs=1)
 
 
 def test_verdict_reads_the_numbers():
