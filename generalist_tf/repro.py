@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,8 @@ class Run:
     seconds: float
     # When the run ended, in seconds since its invocation started (0 for a reused run).
     ended: float = 0.0
+    # The command that trains and evaluates it (`run_command`), as RESULTS.md lists it.
+    command: str = ""
 
 
 def run_dir(root: str, label: str, seed: int) -> str:
@@ -106,6 +109,12 @@ def command(method: str, flags_: dict) -> list[str]:
         f"--flagfile=flags/digits_{method}.cfg",
         *[f"--{k}={v}" for k, v in flags_.items()],
     ]
+
+
+def run_command(method: str, seed: int, suite: str, extra: dict) -> str:
+    """The user-facing command of one run: its flagfile, seed and overrides (no workdir)."""
+    flags_ = {**SUITES[suite], **extra, "seed": seed}
+    return shlex.join(["python", *command(method, flags_)[1:]])
 
 
 def run_one(
@@ -133,7 +142,13 @@ def run_one(
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["(no output)"]
         raise RuntimeError(f"{label} seed {seed} failed: {lines[-1]}")
-    return Run(label, seed, read_metrics(workdir), time.time() - start)
+    return Run(
+        label,
+        seed,
+        read_metrics(workdir),
+        time.time() - start,
+        command=run_command(method, seed, suite, extra),
+    )
 
 
 def read_metrics(workdir: str) -> dict:
@@ -343,6 +358,19 @@ def ablation_reading(runs: list[Run], ablation_runs: list[Run]) -> list[str]:
     return lines
 
 
+def run_rows(runs: list[Run]) -> list[str]:
+    """One table row per run: its numbers (percent), its time and its command."""
+    names = [name for _, name in COLUMNS]
+    lines = [
+        f"| run | seed | {' | '.join(names)} | seconds | command |",
+        "|" + "---|" * (len(names) + 4),
+    ]
+    for r in runs:
+        cells = " | ".join(f"{100 * r.metrics[key]:.2f}" for key, _ in COLUMNS)
+        lines.append(f"| {r.label} | {r.seed} | {cells} | {r.seconds:.0f} | `{r.command}` |")
+    return lines
+
+
 def timing(runs: list[Run], ablation_runs: list[Run], *, wall: float, jobs: int) -> str:
     """The Time sentence of RESULTS.md: wall-clock time of the suite, and the summed run time."""
     every = [*runs, *ablation_runs]
@@ -424,6 +452,13 @@ def write_results(
             "",
         ]
     text += [
+        "## Every run",
+        "",
+        "Each row is one fresh process running the command beside it from the repository root "
+        "(plus `--workdir`); with `--deterministic` the command repeats the row on this machine.",
+        "",
+        *run_rows([*runs, *ablation_runs]),
+        "",
         "## Gradient-masking alarms raised",
         "",
         *([f"- {a}" for a in alarms] or ["- none"]),
@@ -456,10 +491,16 @@ def run_plan(
     """
     start = time.time()
     results: dict[int, Run] = {}
-    for i, (label, _, seed, _) in enumerate(plan):
+    for i, (label, method, seed, overrides) in enumerate(plan):
         if (label, seed) in done:
             metrics = read_metrics(run_dir(root, label, seed))
-            results[i] = Run(label, seed, metrics, done[(label, seed)])
+            results[i] = Run(
+                label,
+                seed,
+                metrics,
+                done[(label, seed)],
+                command=run_command(method, seed, suite, {**extra, **overrides}),
+            )
 
     def record():
         with open(os.path.join(root, "runs.json"), "w") as f:

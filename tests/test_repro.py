@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 
 import pytest
 
@@ -59,6 +60,9 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     assert "gd_no_ema" not in table  # ablations stay out of the main table
 
     assert "every run trained by this invocation" in text and "--jobs=2" in text
+    assert "## Every run" in text
+    assert "`python -m generalist_tf.main --flagfile=flags/digits_pgd_at.cfg" in text
+    assert "--seed=1" in text and "--ema_decay=0" in text
 
     # A second invocation reuses what runs.json records and finds on disk, and retrains the rest
     # alone (jobs=1) to the same numbers: with --deterministic, parallel runs do not interact.
@@ -70,6 +74,18 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     assert [r.metrics for r in again] == [r.metrics for r in finished]
     assert [r.ended > 0 for r in again] == [False, False, False, True, False]
     assert "4 of the 5 runs were reused" in repro.timing(again[:4], again[4:], wall=30.0, jobs=1)
+
+
+def test_run_command_quotes_for_the_shell():
+    line = repro.run_command("generalist_d", 2, "digits", {"mixing": "a=0:1;b=0:0"})
+    assert shlex.split(line) == [
+        "python",
+        "-m",
+        "generalist_tf.main",
+        "--flagfile=flags/digits_generalist_d.cfg",
+        "--mixing=a=0:1;b=0:0",
+        "--seed=2",
+    ]
 
 
 def test_verdict_reads_the_numbers():
@@ -85,3 +101,28 @@ def test_verdict_reads_the_numbers():
     assert "MAX" in lines[1] and "(-1.00)" in lines[1] and "NOT better" in lines[1]
     table["generalist_d"]["worst_linf"] = (30.0, 1.0)
     assert "does NOT hold" in repro.verdict(table)[0]
+
+
+def _results_rows() -> dict[tuple[str, int], list[str]]:
+    """(run, seed) -> the percent cells of RESULTS.md's "Every run" table."""
+    with open(os.path.join(ROOT, "RESULTS.md")) as f:
+        text = f.read()
+    rows = {}
+    for line in text.split("## Every run", 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 9 and cells[1].isdigit():
+            rows[(cells[0], int(cells[1]))] = cells[2:7]
+    return rows
+
+
+@pytest.mark.slow
+def test_flagfiles_reproduce_their_results_rows(tmp_path, monkeypatch):
+    """`flags/digits_pgd_at.cfg` and `flags/digits_generalist_d.cfg` repeat their RESULTS.md rows."""
+    monkeypatch.chdir(ROOT)
+    rows = _results_rows()
+    assert len(rows) >= 27
+    plan = [(m, m, 0, {}) for m in ("pgd_at", "generalist_d")]
+    runs = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra={}, done={}, jobs=2)
+    for run in runs:
+        cells = [f"{100 * run.metrics[key]:.2f}" for key, _ in repro.COLUMNS]
+        assert cells == rows[(run.label, 0)], run.label
