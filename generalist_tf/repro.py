@@ -118,7 +118,14 @@ def run_command(method: str, seed: int, suite: str, extra: dict) -> str:
 
 
 def run_one(
-    method: str, seed: int, *, root: str, suite: str, extra: dict, label: str | None = None
+    method: str,
+    seed: int,
+    *,
+    root: str,
+    suite: str,
+    extra: dict,
+    label: str | None = None,
+    restart: bool = False,
 ) -> Run:
     """Trains one method with one seed and evaluates its exported G, as its flagfile does.
 
@@ -135,6 +142,8 @@ def run_one(
     label = label or method
     workdir = run_dir(root, label, seed)
     flags_ = {**SUITES[suite], **extra, "seed": seed, "workdir": workdir, "verbose": 0}
+    if restart:  # retrain from scratch; otherwise an interrupted run resumes from its checkpoint
+        flags_["restart"] = "true"
     start = time.time()
     result = subprocess.run(
         command(method, {**flags_, "final_eval": "true"}), capture_output=True, text=True
@@ -481,6 +490,7 @@ def run_plan(
     extra: dict,
     done: dict[tuple[str, int], float],
     jobs: int = 1,
+    restart: bool = False,
 ) -> list[Run]:
     """Runs every (label, method, seed, overrides) of `plan` not in `done`, `jobs` at a time.
 
@@ -517,6 +527,7 @@ def run_plan(
                 suite=suite,
                 extra={**extra, **overrides},
                 label=label,
+                restart=restart,
             ): i
             for i, (label, method, seed, overrides) in enumerate(plan)
             if i not in results
@@ -552,7 +563,12 @@ def _define():
         "ablations", list(ABLATIONS), f"Ablations to run (of {', '.join(ABLATIONS)}; empty: none)."
     )
     flags.DEFINE_list("ablation_seeds", ["0"], "Seeds of the ablations.")
-    flags.DEFINE_bool("reuse", True, "Reuse the finished runs recorded in <workdir>/runs.json.")
+    flags.DEFINE_bool(
+        "reuse",
+        True,
+        "Reuse the finished runs recorded in <workdir>/runs.json and resume interrupted ones; "
+        "--noreuse retrains every run from scratch (--restart).",
+    )
     flags.DEFINE_string("data_dir", None, "tfds data directory (mnist suite).")
     flags.DEFINE_integer("epochs", 0, "Override every method's epochs (0: keep the flagfile's).")
     flags.DEFINE_integer(
@@ -587,7 +603,13 @@ def main(argv):
     ]
     start = time.time()
     finished = run_plan(
-        plan, root=FLAGS.workdir, suite=FLAGS.suite, extra=extra, done=done, jobs=FLAGS.jobs
+        plan,
+        root=FLAGS.workdir,
+        suite=FLAGS.suite,
+        extra=extra,
+        done=done,
+        jobs=FLAGS.jobs,
+        restart=not FLAGS.reuse,
     )
     command = "python -m generalist_tf.repro " + " ".join(
         f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]}"

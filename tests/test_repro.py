@@ -65,12 +65,15 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     assert "--seed=1" in text and "--ema_decay=0" in text
 
     # A second invocation reuses what runs.json records and finds on disk, and retrains the rest
-    # alone (jobs=1) to the same numbers: with --deterministic, parallel runs do not interact.
+    # alone (jobs=1) from scratch (restart: its checkpoints are set aside) to the same numbers:
+    # with --deterministic, parallel runs do not interact.
     os.remove(tmp_path / "generalist_d" / "seed1" / "report.json")
     done = repro.reusable(str(tmp_path))
     assert set(done) == {("pgd_at", 0), ("pgd_at", 1), ("generalist_d", 0), ("gd_no_ema", 0)}
     assert repro.read_metrics(str(tmp_path / "pgd_at" / "seed0")) == runs[0].metrics
-    again = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra=TINY, done=done)
+    again = repro.run_plan(
+        plan, root=str(tmp_path), suite="digits", extra=TINY, done=done, restart=True
+    )
     assert [r.metrics for r in again] == [r.metrics for r in finished]
     assert [r.ended > 0 for r in again] == [False, False, False, True, False]
     assert "4 of the 5 runs were reused" in repro.timing(again[:4], again[4:], wall=30.0, jobs=1)
