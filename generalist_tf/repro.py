@@ -111,10 +111,14 @@ def command(method: str, flags_: dict) -> list[str]:
     ]
 
 
+def run_flags(seed: int, suite: str, extra: dict) -> dict:
+    """The flags one run adds to its flagfile: the suite's, the overrides, the seed."""
+    return {**SUITES[suite], **extra, "seed": seed}
+
+
 def run_command(method: str, seed: int, suite: str, extra: dict) -> str:
     """The user-facing command of one run: its flagfile, seed and overrides (no workdir)."""
-    flags_ = {**SUITES[suite], **extra, "seed": seed}
-    return shlex.join(["python", *command(method, flags_)[1:]])
+    return shlex.join(["python", *command(method, run_flags(seed, suite, extra))[1:]])
 
 
 def run_one(
@@ -141,7 +145,7 @@ def run_one(
     """
     label = label or method
     workdir = run_dir(root, label, seed)
-    flags_ = {**SUITES[suite], **extra, "seed": seed, "workdir": workdir, "verbose": 0}
+    flags_ = {**run_flags(seed, suite, extra), "workdir": workdir, "verbose": 0}
     if restart:  # retrain from scratch; otherwise an interrupted run resumes from its checkpoint
         flags_["restart"] = "true"
     start = time.time()
