@@ -815,22 +815,39 @@ def plot_epsilon_curve(curve: dict, norm: str, path: str) -> None:
     figure.savefig(path)
 
 
-def plot_tradeoff(points: dict[str, tuple[float, float]], path: str) -> None:
+def plot_tradeoff(
+    points: dict[str, tuple[float, float]],
+    path: str,
+    *,
+    robust: str = "robust accuracy",
+    spread: dict[str, tuple[float, float]] | None = None,
+) -> None:
     """Writes a natural-vs-robust accuracy scatter of several models as a PNG.
 
     Args:
       points: model name -> (clean accuracy, robust accuracy), fractions in [0, 1].
       path: the PNG to write.
+      robust: what the robust accuracy is (the x axis label).
+      spread: model name -> (clean, robust) standard deviations, fractions; drawn as error bars.
     """
     if not points:
         raise ValueError("plot_tradeoff needs at least one model")
-    figure, axes = _new_axes(
-        "Natural vs robust accuracy", "robust accuracy (%)", "clean accuracy (%)"
-    )
-    for name, (clean, robust) in points.items():
-        axes.scatter([100 * robust], [100 * clean])
-        axes.annotate(name, (100 * robust, 100 * clean), textcoords="offset points", xytext=(4, 4))
-    figure.savefig(path)
+    figure, axes = _new_axes(f"Natural vs {robust}", f"{robust} (%)", "clean accuracy (%)")
+    for name, (clean, robust_accuracy) in points.items():
+        clean_std, robust_std = (spread or {}).get(name, (0.0, 0.0))
+        axes.errorbar(
+            [100 * robust_accuracy],
+            [100 * clean],
+            xerr=[100 * robust_std],
+            yerr=[100 * clean_std],
+            fmt="o",
+            capsize=3,
+            label=name,
+        )
+    # A legend beside the axes, not labels beside the points: close points would print over
+    # each other, and a legend inside the axes would hide some.
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    figure.savefig(path, bbox_inches="tight")
 
 
 def write_summaries(report: dict, curves: dict, logdir: str, step: int = 0) -> None:

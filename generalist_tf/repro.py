@@ -388,7 +388,7 @@ def timing(runs: list[Run], ablation_runs: list[Run], *, wall: float, jobs: int)
     """The Time sentence of RESULTS.md: wall-clock time of the suite, and the summed run time."""
     every = [*runs, *ablation_runs]
     summed = (
-        f"summed over runs (each timed alone, overlapping when --jobs > 1): "
+        f"each run's own time, summed (runs share the CPU when --jobs > 1): "
         f"{sum(r.seconds for r in runs) / 60:.1f} minutes for the table, "
         f"{sum(r.seconds for r in every) / 60:.1f} with the ablations."
     )
@@ -482,7 +482,13 @@ def write_results(
     with open(path, "w") as f:
         f.write("\n".join(text))
     points = {m: (c["clean"][0] / 100, c["worst_linf"][0] / 100) for m, c in table.items()}
-    evaluate.plot_tradeoff(points, os.path.join(os.path.dirname(path), "tradeoff.png"))
+    spread = {m: (c["clean"][1] / 100, c["worst_linf"][1] / 100) for m, c in table.items()}
+    evaluate.plot_tradeoff(
+        points,
+        os.path.join(os.path.dirname(path), "tradeoff.png"),
+        robust="worst-case l_inf accuracy",
+        spread=spread,
+    )
     return table
 
 

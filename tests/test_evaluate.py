@@ -166,6 +166,16 @@ def test_plot_tradeoff_draws_several_models(tmp_path):
     )
     with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC
+    # With standard deviations as error bars and a named robust accuracy (as repro draws it).
+    os.remove(path)
+    evaluate.plot_tradeoff(
+        {"pgd_at": (0.9, 0.6), "generalist": (0.95, 0.55)},
+        path,
+        robust="worst-case l_inf accuracy",
+        spread={"pgd_at": (0.01, 0.02)},
+    )
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
     with pytest.raises(ValueError, match="at least one model"):
         evaluate.plot_tradeoff({}, path)
 
