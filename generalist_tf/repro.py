@@ -510,8 +510,10 @@ def run_plan(
     A failed run does not stop the others; the first failure is raised once all have ended.
     """
     start = time.time()
+    # Each entry's flags beyond its flagfile: the invocation's, then the entry's own.
+    extras = [{**extra, **overrides} for _, _, _, overrides in plan]
     results: dict[int, Run] = {}
-    for i, (label, method, seed, overrides) in enumerate(plan):
+    for i, (label, method, seed, _) in enumerate(plan):
         if (label, seed) in done:
             metrics = read_metrics(run_dir(root, label, seed))
             results[i] = Run(
@@ -519,7 +521,7 @@ def run_plan(
                 seed,
                 metrics,
                 done[(label, seed)],
-                command=run_command(method, seed, suite, {**extra, **overrides}),
+                command=run_command(method, seed, suite, extras[i]),
             )
 
     def record():
@@ -535,11 +537,11 @@ def run_plan(
                 seed,
                 root=root,
                 suite=suite,
-                extra={**extra, **overrides},
+                extra=extras[i],
                 label=label,
                 restart=restart,
             ): i
-            for i, (label, method, seed, overrides) in enumerate(plan)
+            for i, (label, method, seed, _) in enumerate(plan)
             if i not in results
         }
         for future in concurrent.futures.as_completed(futures):
