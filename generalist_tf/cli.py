@@ -46,6 +46,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     integer("wrn_depth", 34, "wide_resnet depth (6n+4).")
     integer("wrn_width", 10, "wide_resnet width factor.")
+    string(
+        "bn_moving_variance",
+        "unbiased",
+        "BatchNorm moving-variance update: unbiased (PyTorch's and the paper's) or biased (Keras').",
+    )
+    integer(
+        "train_examples",
+        0,
+        "Train on a fixed subset of this many training examples, the same in every run (0: all).",
+    )
     boolean(
         "normalize",
         False,
@@ -82,6 +92,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     floating("trades_beta", 6.0, "TRADES robustness weight.")
     # Optimisation.
     integer("epochs", 120, "Number of epochs.")
+    integer(
+        "steps_per_epoch",
+        0,
+        "Steps of an epoch, the unit of every schedule (0: one pass over the training split; "
+        "fewer makes short epochs over the whole split).",
+    )
     integer("batch_size", 128, "Global batch size (split across replicas).")
     string(
         "learning_rate",
@@ -119,12 +135,49 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Steps of the l_inf PGD of validation and the final table (exact; step eps/4).",
     )
     integer("eval_batch_size", 256, "Evaluation batch size.")
-    integer("eval_examples", 0, "Evaluate a seeded subset of this many test examples (0: all).")
+    integer(
+        "eval_examples",
+        0,
+        "Run the attack suite on a fixed subset of this many test examples, the same in every "
+        "run (0: all).",
+    )
+    integer(
+        "table_examples",
+        -1,
+        "Test examples of the final clean/PGD table of G and the EMAs (-1: as --eval_examples; "
+        "0: all).",
+    )
     string(
         "select_metric",
-        "auto",
-        "Validation metric (epoch-log key) that selects the exported G, never the test split; "
-        "auto: val_global/pgd_accuracy, or val_global/clean_accuracy for standard training.",
+        "clean_plus_pgd",
+        "Validation score that selects the exported G (never the test split): clean_plus_pgd "
+        "(official: clean + PGD accuracy of G), pgd, clean, or an epoch-log key like "
+        "val_global/pgd_accuracy.",
+    )
+    floating(
+        "select_clean_floor",
+        0.0,
+        "Epochs whose validation clean accuracy of G reaches this floor always beat those below "
+        "it (official CIFAR-10: 0.88); 0: no floor.",
+    )
+    integer(
+        "val_examples", 0, "Validate on a fixed subset of this many validation examples (0: all)."
+    )
+    integer(
+        "val_every",
+        1,
+        "Validate (and so may select) every N-th epoch and the last one; the rest are skipped.",
+    )
+    boolean(
+        "val_emas",
+        True,
+        "Also validate each learner's EMA (G alone selects) and put them in the final table; "
+        "--noval_emas evaluates only the exported and the last G.",
+    )
+    boolean(
+        "train_clean_accuracy",
+        False,
+        "Log adversarial learners' training accuracy on clean images (an extra forward pass).",
     )
     integer("eval_restarts", 1, "Random restarts of PGD, CW and APGD in the attack suite.")
     integer("eval_square_queries", 5000, "Queries per example of the Square attack.")
@@ -159,7 +212,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     string(
         "precision",
         "fp32",
-        "fp32, bf16 or fp16 compute (attack gradients and mixing stay float32).",
+        "fp32, bf16, fp16 or auto (bf16 where the device computes it natively: GPUs of compute "
+        "capability >= 8.0, CPUs with AMX or AVX512-BF16; else fp32). Attack gradients, mixing, "
+        "exports and the final evaluation stay float32.",
     )
     string("tpu", None, "TPU address: selects TPUStrategy (documented, untested here).")
 

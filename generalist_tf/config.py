@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from generalist_tf import attacks, data, learners, models, schedules, variants
 
 MODES = ("train", "eval")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COMMUNICATION_MODES = ("every_batch", "once_per_period", "none")
 
 # Evaluation budgets by dataset family when --eval_epsilon_* is not given (issue protocol).
@@ -23,7 +23,7 @@ _EVAL_EPSILONS = {  # (linf, l2)
     "cifar100": (8 / 255, 0.5),
     "svhn_cropped": (8 / 255, 0.5),
     "mnist": (0.3, 2.0),
-    "fashion_mnist": (0.3, 2.0),
+    "fashion_mnist": (0.1, 1.0),
     "digits": (0.3, 1.0),
 }
 
@@ -44,6 +44,7 @@ class Config:
     mixing: Mapping[str, schedules.PiecewiseLinear]
     communication: schedules.Communication | None
     epochs: int
+    steps_per_epoch: int | None
     batch_size: int
     eval_batch_size: int
     learning_rate: schedules.PiecewiseLinear
@@ -57,6 +58,7 @@ class Config:
     eval_attack: learners.Attack
     eval_epsilon_l2: float
     eval_examples: int | None
+    table_examples: int | None
     eval_restarts: int
     eval_square_queries: int
     eval_apgd_steps: int
@@ -65,6 +67,13 @@ class Config:
     surrogate: str | None
     final_eval: bool
     select_metric: str
+    select_clean_floor: float
+    val_examples: int | None
+    val_every: int
+    val_emas: bool
+    train_examples: int | None
+    train_clean_accuracy: bool
+    bn_moving_variance: str
     seed: int
     num_cpu_replicas: int
     jit_compile: str
@@ -287,11 +296,22 @@ def from_flags(values: Mapping[str, Any]) -> Config:
             f"--model={v['model']} is not a directory: --mode=eval takes an exported SavedModel",
         )
 
-    select_metric = v["select_metric"]
-    if select_metric == "auto":
-        # Robust variants: PGD accuracy of G; standard training: its clean accuracy.
-        robust = any(n != "natural" for n in names)
-        select_metric = f"val_global/{'pgd' if robust else 'clean'}_accuracy"
+    select_metric = select_key(v["select_metric"], names)
+    _require(
+        0 <= v["select_clean_floor"] <= 1,
+        f"--select_clean_floor must be in [0, 1], got {v['select_clean_floor']}",
+    )
+    for flag in ("val_examples", "train_examples"):
+        _require(v[flag] >= 0, f"--{flag} must be >= 0 (0: all), got {v[flag]}")
+    _require(
+        v["steps_per_epoch"] >= 0, f"--steps_per_epoch must be >= 0, got {v['steps_per_epoch']}"
+    )
+    _require(v["val_every"] >= 1, f"--val_every must be >= 1, got {v['val_every']}")
+    _require(
+        v["bn_moving_variance"] in models.BN_MOVING_VARIANCE,
+        f"--bn_moving_variance must be one of {models.BN_MOVING_VARIANCE}, "
+        f"got {v['bn_moving_variance']!r}",
+    )
 
     model_kwargs = (
         {"depth": v["wrn_depth"], "width": v["wrn_width"]} if v["model"] == "wide_resnet" else {}
@@ -309,6 +329,7 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         mixing=mixing,
         communication=communication,
         epochs=v["epochs"],
+        steps_per_epoch=v["steps_per_epoch"] or None,
         batch_size=v["batch_size"],
         eval_batch_size=v["eval_batch_size"],
         learning_rate=lr,
@@ -322,6 +343,11 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         eval_attack=eval_attack,
         eval_epsilon_l2=eval_l2,
         eval_examples=v["eval_examples"] or None,
+        table_examples=(
+            (v["eval_examples"] or None)
+            if v["table_examples"] < 0
+            else (v["table_examples"] or None)
+        ),
         eval_restarts=v["eval_restarts"],
         eval_square_queries=v["eval_square_queries"],
         eval_apgd_steps=v["eval_apgd_steps"],
@@ -330,6 +356,13 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         surrogate=v["surrogate"] or None,
         final_eval=v["final_eval"],
         select_metric=select_metric,
+        select_clean_floor=v["select_clean_floor"],
+        val_examples=v["val_examples"] or None,
+        val_every=v["val_every"],
+        val_emas=v["val_emas"],
+        train_examples=v["train_examples"] or None,
+        train_clean_accuracy=v["train_clean_accuracy"],
+        bn_moving_variance=v["bn_moving_variance"],
         seed=v["seed"],
         num_cpu_replicas=v["num_cpu_replicas"],
         jit_compile=v["jit_compile"],
@@ -342,6 +375,34 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         checkpoint_every_steps=v["checkpoint_every_steps"],
         verbose=v["verbose"],
     )
+
+
+# Named selection rules (`--select_metric`); anything else must be an epoch-log key.
+CLEAN_PLUS_PGD = "clean_plus_pgd"
+SELECT_RULES = {
+    CLEAN_PLUS_PGD: CLEAN_PLUS_PGD,
+    "pgd": "val_global/pgd_accuracy",
+    "clean": "val_global/clean_accuracy",
+}
+_EVAL_METRICS = ("loss", "clean_accuracy", "pgd_accuracy")
+
+
+def select_key(value: str, learner_names) -> str:
+    """The selection rule or validation-log key of `--select_metric`, checked before training.
+
+    Raises:
+      ValueError: a value that names neither a rule nor a key the validation step logs.
+    """
+    if value in SELECT_RULES:
+        return SELECT_RULES[value]
+    prefixes = ["global"] + [f"{name}_ema" for name in learner_names]
+    keys = [f"val_{p}/{m}" for p in prefixes for m in _EVAL_METRICS]
+    _require(
+        value in keys,
+        f"--select_metric={value!r} is neither a rule ({', '.join(SELECT_RULES)}) nor a "
+        f"validation key ({', '.join(keys)})",
+    )
+    return value
 
 
 def _unknown_dataset(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Datasets: the embedded digits, tfds image datasets and user npz files as tf.data pipelines.
+"""Datasets: the embedded digits, IDX files, tfds image datasets and user npz files, as tf.data.
 
 Every source is first loaded into in-memory arrays (`Arrays`), split into train / validation /
 test (validation is always carved out of the training split, never out of the test split), and
@@ -10,6 +10,8 @@ exactly the batches the interrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
 import os
 
 import numpy as np
@@ -25,6 +27,19 @@ TFDS_DATASETS = {
     "svhn_cropped": (5_000, "crop"),
 }
 EMBEDDED_DATASETS = ("digits",)
+# MNIST-format datasets that are also read from their original IDX files, without tfds: from
+# --data_dir, else from a system location. Debian packages Fashion-MNIST
+# (`apt-get install dataset-fashion-mnist`); it has no MNIST package, so that path is only a
+# conventional place to put the files.
+IDX_DATASETS = {  # name -> (system directory, Debian package or None)
+    "mnist": ("/usr/share/datasets/mnist", None),
+    "fashion_mnist": ("/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
+}
+IDX_FILES = {  # split -> (images, labels), as LeCun's and Zalando's releases name them
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_UBYTE = 0x08
 NPZ_PREFIX = "npz:"
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -32,6 +47,9 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # Fixed seed of every split (not the run seed): the same examples are held out in every run.
 _SPLIT_SEED = 20230323
 _CROP_PADDING = 4
+# The seed of every evaluation subset (`--eval_examples`, `--table_examples`, `--val_examples`):
+# fixed, so every run of a comparison is evaluated on the same examples whatever its `--seed`.
+EVAL_SUBSET_SEED = 0
 
 
 class DataError(ValueError):
@@ -66,22 +84,47 @@ def is_known_dataset(name: str) -> bool:
     return name in EMBEDDED_DATASETS or name in TFDS_DATASETS or name.startswith(NPZ_PREFIX)
 
 
-def load(name: str, *, data_dir: str | None = None, require_train: bool = True) -> Arrays:
+def load(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    require_train: bool = True,
+    train_examples: int | None = None,
+) -> Arrays:
     """Loads a dataset by name into memory.
 
     Args:
       name: `digits`, one of `TFDS_DATASETS`, or `npz:PATH`.
-      data_dir: tfds data directory (None: the tfds default).
+      data_dir: tfds data directory, or a directory of IDX files (None: the tfds default, then
+        the Debian location of `IDX_DATASETS`).
       require_train: npz only; when False the train keys may be missing (evaluation only).
+      train_examples: keep a fixed subset of this many training examples (after the
+        validation split is carved out; the same subset in every run). None: all.
 
     Returns:
       The dataset as `Arrays`.
 
     Raises:
-      DataError: unknown name, a tfds dataset that is not prepared, or a malformed npz file.
+      DataError: unknown name, a dataset found nowhere, a malformed file, or `train_examples`
+        larger than the training split.
     """
+    arrays = _load(name, data_dir, require_train)
+    if train_examples is None or train_examples == len(arrays.x_train):
+        return arrays
+    if train_examples > len(arrays.x_train):
+        raise DataError(
+            f"--train_examples={train_examples} exceeds the {len(arrays.x_train)} training "
+            f"examples of {arrays.name}"
+        )
+    keep, _ = _holdout(len(arrays.x_train), len(arrays.x_train) - train_examples)
+    return dataclasses.replace(arrays, x_train=arrays.x_train[keep], y_train=arrays.y_train[keep])
+
+
+def _load(name: str, data_dir: str | None, require_train: bool) -> Arrays:
     if name == "digits":
         return _load_digits()
+    if name in IDX_DATASETS and not _tfds_prepared(name, data_dir):
+        return _load_idx_dataset(name, data_dir)
     if name in TFDS_DATASETS:
         return _load_tfds(name, data_dir)
     if name.startswith(NPZ_PREFIX):
@@ -150,6 +193,120 @@ def _load_tfds(name: str, data_dir: str | None) -> Arrays:
         num_classes=int(builder.info.features["label"].num_classes),
         augmentation=augmentation,
     )
+
+
+def _tfds_prepared(name: str, data_dir: str | None) -> bool:
+    """Whether tfds has `name` prepared in `data_dir` (never downloads)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=data_dir).is_prepared()
+    except Exception:  # A directory that is not a tfds directory (e.g. raw IDX files).
+        return False
+
+
+def _idx_path(directory: str, stem: str) -> str | None:
+    for candidate in (stem + ".gz", stem):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_idx(path: str, *, ndim: int) -> np.ndarray:
+    """Reads one IDX file (gzipped or not) of unsigned bytes with `ndim` dimensions.
+
+    The format (LeCun et al.): two zero bytes, the type code (0x08: unsigned byte), the number
+    of dimensions, one big-endian uint32 per dimension, then the values in C order.
+
+    Raises:
+      DataError: a one-line message naming the file: not gzip, a wrong magic number or
+        dimension count, or fewer bytes than the header announces.
+    """
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError.
+        raise DataError(f"{path}: not a readable IDX file ({type(e).__name__}: {e})")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] != ndim:
+        raise DataError(
+            f"{path}: not an IDX file of {ndim}-d unsigned bytes (magic {raw[:4].hex() or 'empty'}, "
+            f"expected 0000080{ndim})"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: IDX shape {shape} needs {expected} bytes, the file has {len(raw)} "
+            f"({'truncated' if len(raw) < expected else 'trailing data'})"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _load_idx_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images_stem, labels_stem = IDX_FILES[split]
+    images_path = _idx_path(directory, images_stem)
+    labels_path = _idx_path(directory, labels_stem)
+    x = read_idx(images_path, ndim=3)[..., None]
+    y = read_idx(labels_path, ndim=1).astype(np.int64)
+    if len(x) != len(y):
+        raise DataError(f"{images_path}: {len(x)} images but {labels_path} has {len(y)} labels")
+    return np.ascontiguousarray(x), y
+
+
+def _idx_candidates(name: str, data_dir: str | None) -> list[str]:
+    return [d for d in (data_dir, IDX_DATASETS[name][0]) if d]
+
+
+def idx_directory(name: str, data_dir: str | None) -> str | None:
+    """The first of `data_dir`, then the Debian location, that holds all four IDX files."""
+    for directory in _idx_candidates(name, data_dir):
+        stems = [stem for pair in IDX_FILES.values() for stem in pair]
+        if all(_idx_path(directory, stem) for stem in stems):
+            return directory
+    return None
+
+
+def _load_idx_dataset(name: str, data_dir: str | None) -> Arrays:
+    """MNIST or Fashion-MNIST from its four IDX files; validation carved out of training."""
+    directory = idx_directory(name, data_dir)
+    if directory is None:
+        tried = ", ".join(_idx_candidates(name, data_dir))
+        package = IDX_DATASETS[name][1]
+        apt = f"install them with `apt-get install {package}` (Debian), or " if package else ""
+        raise DataError(
+            f"--dataset={name}: found neither a tfds copy nor the four IDX files (tried {tried}); "
+            f"{apt}pass --data_dir=DIR holding {IDX_FILES['train'][0]}.gz and the other three, "
+            f"or prepare it with `tfds build {name} --data_dir=DIR` on a machine with network"
+        )
+    x_full, y_full = _load_idx_split(directory, "train")
+    x_test, y_test = _load_idx_split(directory, "test")
+    val_size, augmentation = TFDS_DATASETS[name]
+    keep, held = _holdout(len(x_full), min(val_size, len(x_full) // 10))
+    return Arrays(
+        name,
+        x_full[keep],
+        y_full[keep],
+        x_full[held],
+        y_full[held],
+        x_test,
+        y_test,
+        num_classes=10,
+        augmentation=augmentation,
+    )
+
+
+def checksum(*arrays: np.ndarray) -> str:
+    """SHA-256 of the arrays' bytes, shapes and dtypes (a fingerprint of a loaded dataset)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _check_images(path: str, key: str, x: np.ndarray) -> np.ndarray:

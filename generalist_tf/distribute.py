@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from generalist_tf import multiworker
 
@@ -156,3 +157,51 @@ def map_batches(strategy: tf.distribute.Strategy | None, fn, num_batches: int, o
         if on_done is not None:
             on_done(done)
     return results
+
+
+def _cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16(cpu_flags: set[str] | None = None) -> tuple[bool, str]:
+    """Whether this machine computes bfloat16 natively (fast), and why.
+
+    GPUs: compute capability 8.0 or newer (Ampere and later have bf16 tensor cores). CPUs: the
+    `amx_bf16` or `avx512_bf16` flag of /proc/cpuinfo, the instructions oneDNN uses for bf16
+    convolutions and matmuls; without them TF emulates bf16 in fp32 and it is slower (measured
+    here on an AVX2-only AMD EPYC: a SmallCNN PGD-5 step 5.0 s in bf16 against 0.57 s in fp32).
+
+    Returns:
+      (fast, reason), the reason naming what was detected.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        if capability and tuple(capability) >= (8, 0):
+            return True, f"GPU compute capability {capability[0]}.{capability[1]} >= 8.0"
+        return False, f"GPU compute capability {capability} < 8.0"
+    found = sorted(
+        (cpu_flags if cpu_flags is not None else _cpu_flags()) & {"amx_bf16", "avx512_bf16"}
+    )
+    if found:
+        return True, f"CPU flags {', '.join(found)}"
+    return False, "CPU without amx_bf16 / avx512_bf16 (bf16 would be emulated)"
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` -> `bf16` where the device computes it natively, else `fp32` (logged)."""
+    if precision != "auto":
+        return precision
+    fast, reason = fast_bf16()
+    chosen = "bf16" if fast else "fp32"
+    logging.info("--precision=auto: %s (%s)", chosen, reason)
+    return chosen

@@ -592,7 +592,7 @@ def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
     x, y = arrays.x_test, arrays.y_test
     if config.eval_examples is not None and config.eval_examples < len(x):
         index = np.sort(
-            np.random.default_rng(config.seed).permutation(len(x))[: config.eval_examples]
+            np.random.default_rng(data.EVAL_SUBSET_SEED).permutation(len(x))[: config.eval_examples]
         )
         x, y = x[index], y[index]
     report = evaluate_model(

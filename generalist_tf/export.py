@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 
+import keras
 import tensorflow as tf
 
 SIGNATURE = "serving_default"
@@ -41,8 +42,17 @@ def export_saved_model(network, build_network, path: str) -> None:
       build_network: a function returning a fresh network of the same architecture; the export is
         a plain copy built outside any strategy, so the SavedModel holds no distributed state.
       path: target directory; replaced only after the new export is complete.
+
+    The copy is built under the float32 dtype policy whatever the training precision: a
+    bf16-trained G is served, and attacked by the evaluation suite, as a float32 network
+    (half-precision gradients would blunt the attacks and overstate robustness).
     """
-    copy = build_network()
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        copy = build_network()
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
     copy.set_weights(network.get_weights())
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)

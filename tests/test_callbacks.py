@@ -180,12 +180,53 @@ def test_best_global_callback_keeps_best_validation_epoch():
     for epoch, score in enumerate([0.2, 0.5, 0.4, 0.5]):
         set_known_weights(model, rng)
         snapshots[epoch + 1] = values(model.global_network)
-        cb.on_epoch_end(epoch, {"val_global/pgd_accuracy": score})
+        cb.on_epoch_end(epoch, {"val_global/pgd_accuracy": score, "val_global/clean_accuracy": 0.9})
     assert int(model.best_epoch.numpy()) == 2  # ties keep the earlier epoch
     for got, want in zip(values(model.best_network), snapshots[2]):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="select_metric"):
-        cb.on_epoch_end(5, {"val_other": 1.0})
+        cb.on_epoch_end(5, {"val_other": 1.0, "val_global/clean_accuracy": 0.9})
+
+
+def epoch_logs(clean, pgd):
+    return {"val_global/clean_accuracy": clean, "val_global/pgd_accuracy": pgd}
+
+
+@pytest.mark.parametrize(
+    "floor, history, best",
+    [
+        # The official rule: clean + PGD. PGD alone would pick epoch 1 (0.6).
+        (0.0, [(0.70, 0.60), (0.85, 0.50), (0.80, 0.52)], 2),
+        # With a floor: only epochs at or above it compete (epoch 3 is the best of those).
+        (0.82, [(0.70, 0.60), (0.90, 0.30), (0.83, 0.45)], 3),
+        # No epoch reaches the floor (a baseline under Generalist's floor): best sum anyway.
+        (0.95, [(0.70, 0.60), (0.85, 0.50), (0.80, 0.52)], 2),
+    ],
+)
+def test_clean_plus_pgd_rule_with_a_clean_floor(floor, history, best):
+    model = build_model()
+    cb = callbacks.BestGlobalCallback("clean_plus_pgd", clean_floor=floor)
+    cb.set_model(model)
+    rng = np.random.default_rng(0)
+    snapshots = {}
+    for epoch, (clean, pgd) in enumerate(history):
+        set_known_weights(model, rng)
+        snapshots[epoch + 1] = values(model.global_network)
+        cb.on_epoch_end(epoch, epoch_logs(clean, pgd))
+    assert int(model.best_epoch.numpy()) == best
+    for got, want in zip(values(model.best_network), snapshots[best]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_unvalidated_epochs_are_skipped_by_the_selection():
+    model = build_model()
+    cb = callbacks.BestGlobalCallback("clean_plus_pgd")
+    cb.set_model(model)
+    cb.on_epoch_end(0, epoch_logs(0.5, 0.2))
+    cb.on_epoch_end(1, {"natural/loss": 0.1})  # --val_every: no validation this epoch
+    cb.on_epoch_end(2, epoch_logs(0.6, 0.2))
+    assert int(model.best_epoch.numpy()) == 3
+    assert float(model.best_score.numpy()) == pytest.approx(2.8)  # 0.8 + 2 (floor 0 reached)
 
 
 def test_nan_guard_names_the_loss_and_step():

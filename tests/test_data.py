@@ -6,6 +6,8 @@ runs against an empty directory and must fail fast with a message naming dataset
 
 import collections
 import contextlib
+import gzip
+import os
 import time
 from unittest import mock
 
@@ -305,3 +307,111 @@ def test_tfds_not_prepared_fails_fast_naming_dataset_and_dir(tmp_path):
     assert time.monotonic() - start < NOT_PREPARED_SECONDS
     assert "cifar10" in str(error.value)
     assert str(tmp_path) in str(error.value)
+
+
+# The real Fashion-MNIST IDX files of `apt-get install dataset-fashion-mnist` (.ci/run installs
+# it): SHA-256 of `data.checksum(images, labels)` of each split, computed once from those files.
+FASHION_DIR = data.IDX_DATASETS["fashion_mnist"][0]
+FASHION_CHECKSUMS = {
+    "train": "51bef9dd5f20a1f04a3c19da2d515ab4e6af86d0459e446c185cc9ddb4717369",
+    "test": "0c149745b8a6bff9ff73c4367cc863e5e3606f901569925f3808a5f23bb8cdca",
+}
+needs_fashion = pytest.mark.skipif(
+    not os.environ.get("CI") and data.idx_directory("fashion_mnist", None) is None,
+    reason="apt-get install dataset-fashion-mnist (CI installs it and never skips)",
+)
+
+
+@needs_fashion
+@pytest.mark.parametrize("split, count", [("train", 60_000), ("test", 10_000)])
+def test_idx_reader_on_the_real_fashion_mnist_files(split, count):
+    x, y = data._load_idx_split(FASHION_DIR, split)
+    assert x.shape == (count, 28, 28, 1) and x.dtype == np.uint8
+    assert y.shape == (count,) and y.dtype == np.int64
+    np.testing.assert_array_equal(np.bincount(y), [count // 10] * 10)
+    assert data.checksum(x, y) == FASHION_CHECKSUMS[split]
+
+
+@needs_fashion
+def test_fashion_mnist_loads_without_tfds_and_carves_validation_from_train(tmp_path):
+    loaded = data.load("fashion_mnist", data_dir=str(tmp_path))  # no tfds copy, no IDX there
+    assert (len(loaded.x_train), len(loaded.x_val), len(loaded.x_test)) == (59_000, 1_000, 10_000)
+    x_train, _ = data._load_idx_split(FASHION_DIR, "train")
+    assert image_counts(loaded.x_train, loaded.x_val) == image_counts(x_train)
+    subset = data.load("fashion_mnist", train_examples=5_000)
+    assert len(subset.x_train) == 5_000 and len(subset.x_val) == 1_000
+    assert image_counts(subset.x_train) <= image_counts(loaded.x_train)
+    np.testing.assert_array_equal(subset.x_val, loaded.x_val)  # validation does not move
+    again = data.load("fashion_mnist", train_examples=5_000)
+    np.testing.assert_array_equal(subset.x_train, again.x_train)  # the same subset every run
+
+
+def write_idx(path, array, *, gz=True):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(payload)
+    return payload
+
+
+def fake_idx_dir(directory, n_train=30, n_test=10):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = data.IDX_FILES[split]
+        write_idx(directory / f"{images}.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(directory / f"{labels}.gz", np.arange(n) % 10)
+
+
+def test_idx_data_dir_is_read_first_and_plain_files_work(tmp_path):
+    fake_idx_dir(tmp_path)
+    loaded = data.load("mnist", data_dir=str(tmp_path))
+    assert len(loaded.x_train) + len(loaded.x_val) == 30 and len(loaded.x_test) == 10
+    images = tmp_path / "t10k-images-idx3-ubyte"
+    write_idx(images, np.full((4, 2, 2), 7), gz=False)
+    np.testing.assert_array_equal(data.read_idx(str(images), ndim=3), np.full((4, 2, 2), 7))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda raw: raw[:-5], "truncated"),
+        (lambda raw: raw + b"xx", "trailing data"),
+        (lambda raw: b"\x00\x00\x0d\x03" + raw[4:], "magic 00000d03"),
+        (lambda raw: raw[:6], "truncated IDX header"),
+    ],
+)
+def test_corrupt_or_truncated_idx_fails_in_one_line_naming_the_file(tmp_path, damage, message):
+    fake_idx_dir(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(damage(raw))
+    with pytest.raises(data.DataError) as error:
+        data.load("fashion_mnist", data_dir=str(tmp_path))
+    text = str(error.value)
+    assert str(path) in text and message in text and "\n" not in text
+
+
+def test_not_gzip_idx_fails_naming_the_file(tmp_path):
+    fake_idx_dir(tmp_path)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(data.DataError, match=f"{path}: not a readable IDX file"):
+        data.load("mnist", data_dir=str(tmp_path))
+
+
+def test_missing_idx_names_both_ways_and_the_paths_tried(tmp_path):
+    with pytest.raises(data.DataError) as error:
+        data.load("mnist", data_dir=str(tmp_path))
+    text = str(error.value)
+    assert str(tmp_path) in text and data.IDX_DATASETS["mnist"][0] in text
+    assert "tfds build mnist" in text and "\n" not in text
+    with mock.patch.dict(data.IDX_DATASETS, {"fashion_mnist": (str(tmp_path / "none"), "pkg")}):
+        with pytest.raises(data.DataError, match="apt-get install pkg.*tfds build fashion_mnist"):
+            data.load("fashion_mnist", data_dir=str(tmp_path))
+
+
+def test_train_examples_larger_than_the_split_is_refused():
+    with pytest.raises(data.DataError, match="--train_examples=5000 exceeds the 1257"):
+        data.load("digits", train_examples=5_000)

@@ -80,8 +80,13 @@ def test_normalisation_happens_inside_the_model(name):
     """A model built with mean/std on [0, 1] pixels equals the plain model on normalised pixels."""
     normalised = models.build(name, CIFAR_SHAPE, NUM_CLASSES, mean=CIFAR_MEAN, std=CIFAR_STD)
     plain = models.build(name, CIFAR_SHAPE, NUM_CLASSES)
+    # Random weights everywhere (SmallCNN's published init zeroes its last layer, whose
+    # outputs would then be 0 with or without normalisation).
+    rng = np.random.default_rng(0)
+    weights = [w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in normalised.get_weights()]
+    normalised.set_weights(weights)
     # The normalisation holds constants, not weights: both models have the same weights.
-    plain.set_weights(normalised.get_weights())
+    plain.set_weights(weights)
     x = random_images(CIFAR_SHAPE, batch=4)
     expected = plain((x - np.array(CIFAR_MEAN, np.float32)) / np.array(CIFAR_STD, np.float32))
     np.testing.assert_allclose(normalised(x), expected, rtol=1e-4, atol=1e-4)
@@ -171,3 +176,97 @@ def test_unsynchronized_batch_norm_would_diverge(monkeypatch):
         model, strategy, optimizer, *two_replica_batch()
     )
     assert np.max(np.abs(replica_0 - replica_1)) > 1e-3
+
+
+def layers_of(model, kind):
+    return [layer for layer in model.layers if isinstance(layer, kind)]
+
+
+def test_small_cnn_has_the_trades_initialisation():
+    """Kaiming-normal convs (fan-in, ReLU gain), zero conv biases, a zero last layer."""
+    keras.utils.set_random_seed(0)
+    model = models.build("small_cnn", (28, 28, 1), NUM_CLASSES)
+    for conv in layers_of(model, keras.layers.Conv2D):
+        kernel, bias = (w.numpy() for w in conv.weights)
+        fan_in = np.prod(kernel.shape[:3])
+        np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / fan_in), rtol=0.1)
+        assert abs(kernel.mean()) < 0.1 * kernel.std()
+        np.testing.assert_array_equal(bias, 0.0)
+    *hidden, last = layers_of(model, keras.layers.Dense)
+    np.testing.assert_array_equal(last.kernel.numpy(), 0.0)
+    np.testing.assert_array_equal(last.bias.numpy(), 0.0)
+    for dense in hidden:  # PyTorch's Linear default: U(+-1/sqrt(fan_in)) weights and biases.
+        bound = 1.0 / np.sqrt(dense.kernel.shape[0])
+        for w in (dense.kernel.numpy(), dense.bias.numpy()):
+            assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    x = random_images((28, 28, 1))
+    np.testing.assert_array_equal(model(x).numpy(), 0.0)  # every class starts at logit 0
+
+
+def test_wide_resnet_has_the_official_initialisation():
+    """Conv weights N(0, sqrt(2 / (k * k * C_out))), BN gamma 1 / beta 0, classifier bias 0."""
+    keras.utils.set_random_seed(0)
+    model = models.build("wide_resnet", CIFAR_SHAPE, NUM_CLASSES, depth=10, width=2)
+    convs = layers_of(model, keras.layers.Conv2D)
+    big = [c for c in convs if c.kernel.shape[0] == 3 and c.kernel.shape[-1] >= 32]
+    assert big
+    for conv in big:
+        kernel = conv.kernel.numpy()
+        k, _, _, c_out = kernel.shape
+        np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (k * k * c_out)), rtol=0.1)
+    for bn in batch_norm_layers(model):
+        np.testing.assert_array_equal(bn.gamma.numpy(), 1.0)
+        np.testing.assert_array_equal(bn.beta.numpy(), 0.0)
+    np.testing.assert_array_equal(layers_of(model, keras.layers.Dense)[-1].bias.numpy(), 0.0)
+
+
+def one_bn_update(convention, x):
+    layer = models.BatchNorm(
+        moving_variance=convention, momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON
+    )
+    outputs = layer(x, training=True).numpy()
+    return layer, outputs
+
+
+@pytest.mark.parametrize("convention", ["unbiased", "biased"])
+def test_batch_norm_moving_variance_follows_the_convention(convention):
+    """One training call: moving var <- 0.9 * 1 + 0.1 * var * (n / (n-1) if unbiased)."""
+    x = random_images((3, 3, 4), batch=5, seed=3) * np.arange(1, 5, dtype=np.float32)
+    layer, outputs = one_bn_update(convention, x)
+    n = 5 * 3 * 3
+    mean = x.mean(axis=(0, 1, 2))
+    biased = x.var(axis=(0, 1, 2))
+    factor = n / (n - 1) if convention == "unbiased" else 1.0
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), 0.9 + 0.1 * biased * factor, rtol=1e-5
+    )
+    # The normalisation itself uses the biased batch variance in both conventions.
+    expected = (x - mean) / np.sqrt(biased + models.BN_EPSILON)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unbiased_synchronized_batch_norm_counts_every_replica():
+    """Under 2 replicas, n is the global count: the update equals one device's on the batch."""
+    x = random_images((2, 2, 3), batch=8, seed=4)
+    strategy = two_replica_strategy()
+    with strategy.scope():
+        layer = models.BatchNorm(momentum=models.BN_MOMENTUM, synchronized=True)
+        layer.build(x.shape)
+    inputs = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(x))
+    tf.function(lambda batch: strategy.run(lambda b: layer(b, training=True), args=(batch,)))(
+        next(iter(inputs))
+    )
+    n = 8 * 2 * 2
+    expected = 0.9 + 0.1 * x.var(axis=(0, 1, 2)) * n / (n - 1)
+    for component in strategy.experimental_local_results(layer.moving_variance.value):
+        np.testing.assert_allclose(component.numpy(), expected, rtol=1e-5)
+
+
+def test_bn_convention_reaches_every_layer_and_is_checked():
+    model = models.build("digits_cnn", (8, 8, 1), NUM_CLASSES, bn_moving_variance="biased")
+    assert {bn.moving_variance_convention for bn in batch_norm_layers(model)} == {"biased"}
+    default = models.build("digits_cnn", (8, 8, 1), NUM_CLASSES)
+    assert {bn.moving_variance_convention for bn in batch_norm_layers(default)} == {"unbiased"}
+    with pytest.raises(ValueError, match="--bn_moving_variance.*'sample'"):
+        models.build("digits_cnn", (8, 8, 1), NUM_CLASSES, bn_moving_variance="sample")
