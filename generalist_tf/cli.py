@@ -51,6 +51,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "unbiased",
         "BatchNorm moving-variance update: unbiased (PyTorch's and the paper's) or biased (Keras').",
     )
+    string(
+        "init_from",
+        "",
+        "Start every learner, EMA and G from a trained network of the same architecture: a "
+        ".keras file, one of our exports or workdirs, or a checkpoint.",
+    )
     integer(
         "train_examples",
         0,

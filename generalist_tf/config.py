@@ -74,6 +74,7 @@ class Config:
     train_examples: int | None
     train_clean_accuracy: bool
     bn_moving_variance: str
+    init_from: str | None
     seed: int
     num_cpu_replicas: int
     jit_compile: str
@@ -281,6 +282,14 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     _require(
         v["reference"] in ("", "art"), f"--reference must be '' or 'art', got {v['reference']!r}"
     )
+    if v["reference"] == "art" and (v["mode"] == "eval" or v["final_eval"]):
+        import importlib.util
+
+        _require(
+            importlib.util.find_spec("art") is not None,
+            "--reference=art needs the Adversarial Robustness Toolbox: "
+            "pip install -r requirements-art.txt",
+        )
     eval_attacks = tuple(a.strip() for a in v["eval_attacks"].split(",") if a.strip()) or None
     if eval_attacks:
         from generalist_tf import evaluate
@@ -306,6 +315,11 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     _require(
         v["steps_per_epoch"] >= 0, f"--steps_per_epoch must be >= 0, got {v['steps_per_epoch']}"
     )
+    if v["init_from"]:
+        _require(
+            os.path.exists(v["init_from"]) or os.path.exists(v["init_from"] + ".index"),
+            f"--init_from={v['init_from']}: no such file or directory",
+        )
     _require(v["val_every"] >= 1, f"--val_every must be >= 1, got {v['val_every']}")
     _require(
         v["bn_moving_variance"] in models.BN_MOVING_VARIANCE,
@@ -363,6 +377,7 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         train_examples=v["train_examples"] or None,
         train_clean_accuracy=v["train_clean_accuracy"],
         bn_moving_variance=v["bn_moving_variance"],
+        init_from=v["init_from"] or None,
         seed=v["seed"],
         num_cpu_replicas=v["num_cpu_replicas"],
         jit_compile=v["jit_compile"],

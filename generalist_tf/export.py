@@ -70,6 +70,31 @@ def export_saved_model(network, build_network, path: str) -> None:
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
+    export_keras(copy, keras_path(path))
+
+
+def keras_path(export_dir: str) -> str:
+    """Where the `.keras` twin of a SavedModel export goes: `<workdir>/export.keras`."""
+    return os.path.abspath(export_dir).rstrip(os.sep) + ".keras"
+
+
+def export_keras(network, path: str) -> None:
+    """Writes `network` as a `.keras` file at `path`, atomically (a finished file is replaced
+    only by a complete new one).
+
+    It reloads with plain `keras.models.load_model(path)` once `generalist_tf.models` is
+    imported (our one custom layer, `BatchNorm`, is registered there), giving the same logits
+    as the SavedModel, and unlike the SavedModel it can be trained further.
+    """
+    parent = os.path.dirname(path) or "."
+    handle, staging = tempfile.mkstemp(prefix=".export-", suffix=".keras", dir=parent)
+    os.close(handle)
+    try:
+        network.save(staging, overwrite=True)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
 
 
 def load_serving(path: str):

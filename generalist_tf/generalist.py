@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as keras_trainer
 
-from generalist_tf import mixing
+from generalist_tf import callbacks, mixing
 from generalist_tf.learners import BaseLearner, per_example_ce
 
 GLOBAL = "global"
@@ -92,6 +92,78 @@ class Generalist(keras.Model):
         self._save_best = tf.function(self._save_best_fn)
         # Every network was built by its functional constructor; nothing is left to build.
         self.built = True
+
+    # --- the algorithm's settings and the Keras entry points users call ------------------------
+    def configure_algorithm(
+        self,
+        *,
+        build_network,
+        mixing,
+        communication,
+        epochs: int,
+        select_metric: str = "clean_plus_pgd",
+        select_clean_floor: float = 0.0,
+    ) -> None:
+        """What `fit` needs to attach the algorithm's callbacks (`api.build_generalist` calls it).
+
+        Args:
+          build_network: builds a fresh network of the architecture (for `global_model`).
+          mixing: per-learner weight schedules of G; communication: `schedules.Communication`
+            or None; epochs: the training length the schedules are fractions of.
+          select_metric, select_clean_floor: the best-G rule (`callbacks.selection_score`).
+        """
+        self.build_network = build_network
+        self._algorithm = (mixing, communication, epochs, select_metric, select_clean_floor)
+
+    def algorithm_callbacks(self) -> list:
+        """The mixing (Alg. 1) and best-G callbacks, in the order they must run."""
+        mixing, communication, epochs, select_metric, floor = self._algorithm
+        return [
+            callbacks.GeneralistCallback(mixing, communication, epochs),
+            callbacks.BestGlobalCallback(select_metric, floor),
+            callbacks.NaNGuard(),
+        ]
+
+    def compile(self, steps_per_execution: int = 1, **kwargs):
+        """Keras' compile for the parent model: the learners hold their own optimizers (given
+        at `build_generalist`), so no optimizer or loss is taken here."""
+        unexpected = sorted(set(kwargs) - {"optimizer", "jit_compile"})
+        if unexpected or kwargs.get("optimizer") is not None:
+            raise ValueError(
+                f"Generalist.compile takes only steps_per_execution (the learners' optimizers "
+                f"are set by build_generalist), got {unexpected or ['optimizer']}"
+            )
+        super().compile(optimizer=None, jit_compile=False, steps_per_execution=steps_per_execution)
+
+    def fit(self, x=None, *args, callbacks=None, validation_data=None, **kwargs):
+        """`keras.Model.fit` with the algorithm's callbacks first, then the user's.
+
+        Checks the first training batch before any work: images in [0, 1] and labels below
+        the number of classes of the network.
+        """
+        if validation_data is None:
+            raise ValueError("fit needs validation_data: the exported G is chosen on it")
+        if isinstance(x, tf.data.Dataset):
+            _check_batch(x, self.global_network, "x")
+        ours = self.algorithm_callbacks() if hasattr(self, "_algorithm") else []
+        ours_types = {type(c) for c in ours}
+        theirs = [c for c in callbacks or [] if type(c) not in ours_types]
+        return super().fit(
+            x, *args, callbacks=ours + theirs, validation_data=validation_data, **kwargs
+        )
+
+    def global_model(self) -> keras.Model:
+        """G after the last step, as a new plain `keras.Model` sharing nothing with the learners."""
+        return self._copy(self.global_network)
+
+    def best_model(self) -> keras.Model:
+        """G of the best validated epoch (the exported one), as a new plain `keras.Model`."""
+        return self._copy(self.best_network)
+
+    def _copy(self, network) -> keras.Model:
+        copy = self.build_network()
+        copy.set_weights(network.get_weights())
+        return copy
 
     @property
     def mix_in_step(self) -> bool:
@@ -266,3 +338,25 @@ class Generalist(keras.Model):
         )
         self.best_score.assign(score)
         self.best_epoch.assign(epoch)
+
+
+def _check_batch(dataset: tf.data.Dataset, network: keras.Model, argument: str) -> None:
+    """One-line errors for a training pipeline that does not fit the network (first batch)."""
+    element = next(iter(dataset.take(1)))
+    if not isinstance(element, (tuple, list)) or len(element) < 2:
+        raise ValueError(f"{argument} must yield (images, labels) batches")
+    images, labels = element[0], element[1]
+    if images.dtype.is_floating:
+        low, high = float(tf.reduce_min(images)), float(tf.reduce_max(images))
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{argument}: images must be floats in [0, 1] (normalise inside the network), "
+                f"got values in [{low:.4g}, {high:.4g}]"
+            )
+    classes = int(network.output_shape[-1])
+    top = int(tf.reduce_max(labels))
+    if top >= classes or int(tf.reduce_min(labels)) < 0:
+        raise ValueError(
+            f"{argument}: labels must lie in [0, {classes}) for a network with {classes} logits, "
+            f"got label {top}"
+        )

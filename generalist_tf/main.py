@@ -47,6 +47,35 @@ def _prepare_workdir(workdir: str) -> None:
         _fail(f"--workdir={workdir} cannot be written ({e.strerror})")
 
 
+def _accept_workdir(config):
+    """Refuses a workdir that another live run holds, that holds another experiment, or (for
+    evaluation) that holds a training run; records the experiment. Nothing of the run is
+    written before this passes.
+
+    Returns:
+      The held `workdir.RunLock` (None for a follower worker of a multi-worker run).
+    """
+    from generalist_tf import workdir
+
+    try:
+        if config.mode == "eval" and workdir.holds_training_run(config.workdir):
+            raise workdir.WorkdirError(
+                f"--workdir={config.workdir} holds a training run, whose report.json --mode=eval "
+                "would replace; evaluate into another --workdir"
+            )
+        lock = None if workdir.is_multiworker_follower() else workdir.RunLock(config.workdir)
+        if lock is not None:
+            lock.acquire()
+        if config.mode == "train":
+            current = workdir.fingerprint(FLAGS.flag_values_dict(), cli.flag_names())
+            if workdir.check_fingerprint(config.workdir, current, restart=config.restart):
+                if lock is not None:  # multi-worker followers share the chief's record
+                    workdir.write_fingerprint(config.workdir, current)
+    except workdir.WorkdirError as e:
+        _fail(str(e))
+    return lock
+
+
 def main(argv):
     del argv
     # Imported here so that `--help` and flag errors do not pay for TensorFlow start-up.
@@ -68,6 +97,7 @@ def main(argv):
         # bit-identical to an uninterrupted one.
         tf.config.experimental.enable_op_determinism()
     _prepare_workdir(config.workdir)
+    lock = _accept_workdir(config)
     cli.write_flags(FLAGS, os.path.join(config.workdir, FLAGS_RECORD))
 
     from generalist_tf import callbacks, data, train
@@ -83,6 +113,9 @@ def main(argv):
             print(report["table"])
     except (ValueError, data.DataError, callbacks.TrainingDivergedError) as e:
         _fail(str(e))
+    finally:
+        if lock is not None:
+            lock.release()
     logging.info("done: %s", config.workdir)
 
 

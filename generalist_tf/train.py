@@ -14,16 +14,13 @@ import numpy as np
 from absl import logging
 
 from generalist_tf import (
-    callbacks,
+    api,
     checkpoints,
     data,
     distribute,
     export,
     generalist,
-    learners,
     models,
-    optimizers,
-    schedules,
 )
 from generalist_tf.config import Config
 
@@ -56,57 +53,33 @@ def network_builder(config: Config, arrays: data.Arrays):
 
 
 def build_generalist(config: Config, build_network, steps_per_epoch: int) -> generalist.Generalist:
-    """Builds the learners and G from one random initialisation; call inside `strategy.scope()`.
-
-    Every learner, every EMA, G and the best-G copy start from the same weights theta_0
-    (Generalist, Alg. 1: initialisation).
-    """
-    keras.utils.set_random_seed(config.seed)
-    global_network = build_network()
-    theta_0 = global_network.get_weights()
-
-    def copy_of_theta_0():
-        network = build_network()
-        network.set_weights(theta_0)
-        return network
-
-    lr = schedules.EpochSchedule(
-        config.learning_rate, epochs=config.epochs, steps_per_epoch=steps_per_epoch
-    )
-    base_learners = []
-    for index, task in enumerate(config.learners):
-        kwargs = {}
-        if task == "trades":
-            kwargs["beta"] = config.trades_beta
-        if task in ("avg", "max", "msd"):
-            kwargs["l2_attack"] = config.l2_attack
-        attack = config.l2_attack if task == "l2_pgd" else config.linf_attack
-        learner = learners.LEARNERS[task](
-            copy_of_theta_0(),
-            copy_of_theta_0(),
-            attack=None if task == "natural" else attack,
-            jit_compile=config.jit_compile,
-            seed=(config.seed, index),
-            clean_accuracy=config.train_clean_accuracy,
-            **kwargs,
-        )
-        optimizer = optimizers.CoupledSGD(
-            lr, momentum=config.momentum, l2=config.weight_decay(task), name=f"{task}_sgd"
-        )
-        learner.compile(optimizer=optimizer)
-        # Build the slots now, in the strategy scope: no variable is created while training.
-        learner.optimizer.build(learner.network.trainable_variables)
-        base_learners.append(learner)
-    model = generalist.Generalist(
-        base_learners,
-        global_network,
-        copy_of_theta_0(),
+    """The run's Generalist through the public API (`api.build_generalist`: one code path for
+    the command line and Python users); call inside `strategy.scope()`."""
+    model = api.build_generalist(
+        build_network,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        variant=config.variant,
+        learners_=config.learners if config.variant == "custom" else None,
+        mixing=config.mixing,
+        linf_attack=config.linf_attack,
+        l2_attack=config.l2_attack,
         eval_attack=config.eval_attack,
-        ema_alpha=config.ema_decay,
-        jit_compile=config.jit_compile,
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        natural_weight_decay=config.natural_weight_decay,
+        robust_weight_decay=config.robust_weight_decay,
+        trades_beta=config.trades_beta,
+        ema_decay=config.ema_decay,
+        communication=config.communication,
+        select_metric=config.select_metric,
+        select_clean_floor=config.select_clean_floor,
+        init=config.init_from,
         seed=config.seed,
+        jit_compile=config.jit_compile,
+        clean_accuracy=config.train_clean_accuracy,
     )
-    model.compile(optimizer=None, jit_compile=False, steps_per_execution=config.steps_per_execution)
+    model.compile(steps_per_execution=config.steps_per_execution)
     return model
 
 
@@ -201,6 +174,12 @@ def _train(config: Config) -> dict:
     logging.info(
         "strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync
     )
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"--batch_size={config.batch_size} does not split evenly over the {replicas} replicas "
+            f"(--num_cpu_replicas or the local GPUs); use a multiple of {replicas}"
+        )
     arrays = data.load(
         config.dataset, data_dir=config.data_dir, train_examples=config.train_examples
     )
@@ -243,13 +222,9 @@ def _train(config: Config) -> dict:
         )
     )
     model.set_evaluated(best=False, emas=config.val_emas)
-    fit_callbacks = [
-        callbacks.GeneralistCallback(config.mixing, config.communication, config.epochs),
-        callbacks.BestGlobalCallback(config.select_metric, config.select_clean_floor),
-        # After the best-G choice: an epoch-end checkpoint includes it.
-        manager.callback(start_step),
-        callbacks.NaNGuard(),
-    ]
+    # `fit` runs the algorithm's callbacks (mixing, best-G choice, NaN guard) first, so an
+    # epoch-end checkpoint includes the best G.
+    fit_callbacks = [manager.callback(start_step)]
     if chief:
         fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.workdir, TENSORBOARD)))
 

@@ -35,7 +35,30 @@ CONFIG_CASES = [
     ({"dataset": "npz:/tmp/x.npz"}, "--eval_epsilon_linf is required with --dataset=npz:"),
     ({"eval_attacks": "pgd7_linf"}, "--eval_attacks: unknown ['pgd7_linf']"),
     ({"epsilon": "0.3  # eps"}, "holds a trailing comment"),
+    ({"select_metric": "val_global/pgd_acc"}, "--select_metric='val_global/pgd_acc' is neither"),
+    ({"select_clean_floor": "1.5"}, "--select_clean_floor must be in [0, 1], got 1.5"),
+    ({"val_every": "0"}, "--val_every must be >= 1, got 0"),
+    ({"val_examples": "-1"}, "--val_examples must be >= 0 (0: all), got -1"),
+    ({"steps_per_epoch": "-2"}, "--steps_per_epoch must be >= 0, got -2"),
+    ({"bn_moving_variance": "sample"}, "--bn_moving_variance must be one of"),
+    ({"precision": "fp8"}, "--precision must be one of"),
 ]
+
+
+def test_a_missing_optional_dependency_is_reported_before_any_work(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "art" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match="--reference=art needs the Adversarial Robustness"):
+        config_from("smoke.cfg", workdir="/tmp/unused", reference="art", final_eval="true")
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_is_refused(tmp_path):
+    result = run_main(*FAST, f"--workdir={tmp_path}", "--num_cpu_replicas=2", "--batch_size=63")
+    assert_one_line_error(result, "--batch_size=63 does not split evenly over the 2 replicas")
 
 
 @pytest.mark.parametrize("overrides, message", CONFIG_CASES)
@@ -143,12 +166,23 @@ def snapshot(directory):
     return out
 
 
-def test_nan_loss_stops_keeps_checkpoint_and_export(finished_run):
-    workdir = finished_run
+def test_nan_loss_stops_keeps_checkpoint_and_export(finished_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir)
     export_before = snapshot(workdir / "export")
-    result = run_main(*FAST, f"--workdir={workdir}", "--epochs=3", "--learning_rate=0:1e12,1:1e12")
+    # A new experiment in the finished run's workdir (--restart): epoch 1 trains at a sane
+    # learning rate (its checkpoint is written), epoch 2 at 1e12 diverges.
+    result = run_main(
+        *FAST,
+        f"--workdir={workdir}",
+        "--restart",
+        "--epochs=3",
+        "--learning_rate=0:0.05,1/3:0.05,1/2:1e12,1:1e12",
+    )
     assert_one_line_error(result, "/loss is nan at epoch 2 step")
-    assert snapshot(workdir / "export") == export_before
+    assert snapshot(workdir / "export") == export_before  # replaced only by a finished run
     import tensorflow as tf
 
     latest = tf.train.latest_checkpoint(str(workdir / checkpoints.CHECKPOINTS))
@@ -163,7 +197,7 @@ def test_corrupt_checkpoint_is_reported_and_export_kept(finished_run, tmp_path):
     export_before = snapshot(workdir / "export")
     for index in (workdir / checkpoints.CHECKPOINTS).glob("ckpt-*.index"):
         index.write_bytes(b"garbage")
-    result = run_main(*FAST, f"--workdir={workdir}", "--epochs=2")
+    result = run_main(*FAST, f"--workdir={workdir}")
     assert_one_line_error(result, "cannot be restored", "--restart")
     assert snapshot(workdir / "export") == export_before
 

@@ -108,7 +108,18 @@ def imports_of(path: str) -> tuple[set[str], set[str]]:
     with open(os.path.join(ROOT, path)) as f:
         tree = ast.parse(f.read(), filename=path)
     local, third_party = set(), set()
+    # The package's lazy public names (`generalist_tf/__init__.py`'s module `__getattr__`)
+    # import `api` on first use: not a build dependency of the package (that would be a
+    # cycle); targets that use `gtf.<name>` list `:api` themselves.
+    lazy = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        for inner in ast.walk(node)
+    }
     for node in ast.walk(tree):
+        if id(node) in lazy:
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -119,7 +130,9 @@ def imports_of(path: str) -> tuple[set[str], set[str]]:
             continue
         for name in names:
             top = name.split(".")[0]
-            if top in (PACKAGE, "tests"):
+            if name == PACKAGE:
+                local.add(f"{PACKAGE}/__init__")
+            elif top in (PACKAGE, "tests"):
                 local.add("/".join(name.split(".")[:2]))
             elif top not in sys.stdlib_module_names and top != "__future__":
                 third_party.add(top)

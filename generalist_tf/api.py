@@ -1,0 +1,261 @@
+"""The public Python API: Generalist on your own Keras network and `tf.data` pipeline.
+
+    import generalist_tf as gtf
+    model = gtf.build_generalist(my_network_builder, epochs=30, steps_per_epoch=100)
+    model.compile()
+    model.fit(train_ds, validation_data=val_ds, epochs=30)
+    report = gtf.evaluate_robustness(model.best_model(), (x_test, y_test), epsilon_linf=0.3, epsilon_l2=1.0)
+    gtf.export_model(model, "export")
+
+`build_generalist`, `Attack`, `evaluate_robustness`, `export_model` and `VARIANTS` are the
+stable surface; every
+other module is internal. The command line trains through `build_generalist` too (`train.py`):
+there is one code path.
+
+`fit` attaches the callbacks the algorithm needs (the mixing of Alg. 1 and the choice of the
+best G on `validation_data`) itself, ahead of the user's: a `fit` without them would train the
+learners and never build G, silently. Pass your own callbacks as usual; they run after ours.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from generalist_tf import generalist, init_from, learners, optimizers, schedules
+from generalist_tf.learners import Attack
+from generalist_tf.variants import CUSTOM, VARIANTS
+
+__all__ = ["Attack", "VARIANTS", "build_generalist", "evaluate_robustness", "export_model"]
+
+
+def _check_logits(network: keras.Model, argument: str) -> None:
+    """Refuses a network that outputs probabilities (rows summing to one) instead of logits."""
+    shape = tuple(network.input_shape[1:])
+    probe = np.random.default_rng(0).uniform(size=(4, *shape)).astype(np.float32)
+    out = tf.cast(network(probe, training=False), tf.float32).numpy()
+    if out.ndim != 2:
+        raise ValueError(
+            f"{argument} must return logits of shape (batch, classes), got {out.shape}"
+        )
+    if np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError(
+            f"{argument} returns probabilities (its outputs sum to one): Generalist needs logits, "
+            "so drop the final softmax"
+        )
+
+
+def build_generalist(
+    build_network: Callable[[], keras.Model],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    variant: str = "generalist_d",
+    learners_: Sequence[str] | None = None,
+    mixing: str | Mapping[str, schedules.PiecewiseLinear] | None = None,
+    linf_attack: Attack = Attack("linf", 8 / 255, 2 / 255, 10),
+    l2_attack: Attack = Attack("l2", 0.5, 0.125, 10),
+    eval_attack: Attack | None = None,
+    learning_rate: str | schedules.PiecewiseLinear = "0:0.01,1/3:0.01,2/3:0.001,1:0.0001",
+    momentum: float = 0.9,
+    natural_weight_decay: float = 5e-4,
+    robust_weight_decay: float = 5e-4,
+    optimizer_for: Callable[[str], keras.optimizers.Optimizer] | None = None,
+    trades_beta: float = 6.0,
+    ema_decay: float = 0.999,
+    communication: schedules.Communication | None | str = "default",
+    select_metric: str = "clean_plus_pgd",
+    select_clean_floor: float = 0.0,
+    init: str | None = None,
+    seed: int = 0,
+    jit_compile: str = "auto",
+    clean_accuracy: bool = False,
+) -> generalist.Generalist:
+    """A Generalist model (base learners, their EMAs and G) around your network.
+
+    Call it inside your `strategy.scope()` if you use one. Every learner, EMA and G start from
+    the same weights theta_0 (Alg. 1, initialisation): a fresh `build_network()`, or `init`.
+
+    Args:
+      build_network: returns a fresh `keras.Model` from [0, 1] images to logits (any
+        architecture; BatchNorm and Dropout are fine). Called once per network.
+      epochs, steps_per_epoch: the training length; every schedule is a fraction of it.
+      variant: a key of `VARIANTS`, or `custom` with `learners_` and `mixing`.
+      learners_: custom variant: task names (`natural`, `linf_pgd`, `l2_pgd`, `trades`, ...).
+      mixing: per-learner weights of G, `name=frac:w,...;name=...` (default: the variant's).
+      linf_attack, l2_attack: training attacks of the l_inf / l_2 learners.
+      eval_attack: the validation attack (default PGD-20 at `linf_attack`'s epsilon, step
+        epsilon/4).
+      learning_rate: piecewise-linear `frac:lr,...` shared by the learners.
+      momentum, natural_weight_decay, robust_weight_decay: our PyTorch-form SGD's settings.
+      optimizer_for: optional `task -> optimizer` replacing our SGD per learner.
+      trades_beta: TRADES' weight.
+      ema_decay: EMA ceiling alpha of d = min(alpha, (k+1)/(k+10)); 0 disables averaging.
+      communication: when G is copied back (`schedules.Communication`), None never, "default"
+        the official start 0.625 and period 5 for multi-learner variants.
+      select_metric, select_clean_floor: the rule that keeps the best G on `validation_data`.
+      init: a `.keras` file, export, workdir or checkpoint to start from (`--init_from`).
+      seed: seeds initialisation and attack starts.
+      jit_compile: compile policy of the attacks (`auto`, `true`, `false`).
+      clean_accuracy: log adversarial learners' clean training accuracy (an extra pass).
+
+    Returns:
+      A `Generalist` (`keras.Model`): `compile()`, then `fit(train_ds, validation_data=...)`.
+
+    Raises:
+      ValueError: a one-line message naming the bad argument.
+    """
+    if variant == CUSTOM:
+        if not learners_ or not mixing:
+            raise ValueError("variant='custom' needs learners_ and mixing")
+        names, communicate = tuple(learners_), len(learners_) > 1
+    elif variant in VARIANTS:
+        if learners_:
+            raise ValueError(
+                f"learners_ is only read with variant='custom', got variant={variant!r}"
+            )
+        names, communicate = VARIANTS[variant].learners, VARIANTS[variant].communicate
+        mixing = mixing or VARIANTS[variant].mixing
+    else:
+        raise ValueError(f"variant={variant!r} is unknown; choose one of {', '.join(VARIANTS)}")
+    unknown = [n for n in names if n not in learners.LEARNERS]
+    if unknown:
+        raise ValueError(
+            f"learners_: unknown {unknown}; choose from {', '.join(learners.LEARNERS)}"
+        )
+    weights = schedules.parse_mixing(mixing) if isinstance(mixing, str) else dict(mixing)
+    schedules.check_mixing(weights, names, epochs, flag="mixing")
+    if communication == "default":
+        communication = schedules.Communication(0.625, 5, "every_batch") if communicate else None
+    elif not communicate:
+        communication = None
+    if eval_attack is None:
+        eval_attack = Attack("linf", linf_attack.epsilon, linf_attack.epsilon / 4, 20)
+
+    keras.utils.set_random_seed(seed)
+    global_network = build_network()
+    _check_logits(global_network, "build_network")
+    if init:
+        # Fine-tuning: theta_0 is the given network's weights (BN statistics included).
+        init_from.load_into(global_network, init)
+    theta_0 = global_network.get_weights()
+
+    def copy_of_theta_0():
+        network = build_network()
+        network.set_weights(theta_0)
+        return network
+
+    if isinstance(learning_rate, str):
+        learning_rate = schedules.parse_points(learning_rate, flag="learning_rate")
+    lr = schedules.EpochSchedule(
+        learning_rate,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
+    base_learners = []
+    for index, task in enumerate(names):
+        kwargs = {}
+        if task == "trades":
+            kwargs["beta"] = trades_beta
+        if task in ("avg", "max", "msd"):
+            kwargs["l2_attack"] = l2_attack
+        attack = l2_attack if task == "l2_pgd" else linf_attack
+        learner = learners.LEARNERS[task](
+            copy_of_theta_0(),
+            copy_of_theta_0(),
+            attack=None if task == "natural" else attack,
+            jit_compile=jit_compile,
+            seed=(seed, index),
+            clean_accuracy=clean_accuracy,
+            **kwargs,
+        )
+        decay = natural_weight_decay if task == "natural" else robust_weight_decay
+        optimizer = (
+            optimizer_for(task)
+            if optimizer_for
+            else optimizers.CoupledSGD(lr, momentum=momentum, l2=decay, name=f"{task}_sgd")
+        )
+        learner.compile(optimizer=optimizer)
+        # Build the slots now, in the strategy scope: no variable is created while training.
+        learner.optimizer.build(learner.network.trainable_variables)
+        base_learners.append(learner)
+    model = generalist.Generalist(
+        base_learners,
+        global_network,
+        copy_of_theta_0(),
+        eval_attack=eval_attack,
+        ema_alpha=ema_decay,
+        jit_compile=jit_compile,
+        seed=seed,
+    )
+    model.configure_algorithm(
+        build_network=build_network,
+        mixing=weights,
+        communication=communication,
+        epochs=epochs,
+        select_metric=select_metric,
+        select_clean_floor=select_clean_floor,
+    )
+    return model
+
+
+def _as_arrays(data) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(data, tf.data.Dataset):
+        xs, ys = zip(*((np.asarray(x), np.asarray(y)) for x, y in data.as_numpy_iterator()))
+        return np.concatenate(xs), np.concatenate(ys)
+    x, y = data
+    return np.asarray(x), np.asarray(y)
+
+
+def evaluate_robustness(
+    model,
+    data,
+    *,
+    epsilon_linf: float,
+    epsilon_l2: float,
+    workdir: str | None = None,
+    **options,
+) -> dict:
+    """The robustness suite on a model; returns the `report.json` dict.
+
+    Args:
+      model: a `keras.Model` (images -> logits), a `Generalist` (its best G is attacked), or
+        the path of a SavedModel export or a `.keras` file.
+      data: `(x, y)` arrays or a `tf.data.Dataset` of `(images, labels)` batches.
+      epsilon_linf, epsilon_l2: the threat models' radii.
+      workdir: where report.json / report.md / plots go (default: a new temporary directory).
+      **options: `evaluate.evaluate_model` options (`attacks`, `restarts`, `apgd_steps`, ...).
+    """
+    from generalist_tf import evaluate as suite
+    from generalist_tf import export as exports
+
+    if isinstance(model, generalist.Generalist):
+        model = model.best_model()
+    elif isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        model = (
+            keras.models.load_model(path, compile=False)
+            if path.endswith(".keras")
+            else exports.load_serving(path)
+        )
+    x, y = _as_arrays(data)
+    workdir = workdir or tempfile.mkdtemp(prefix="gtf-eval-")
+    report = suite.evaluate_model(
+        model, x, y, workdir=workdir, epsilon_linf=epsilon_linf, epsilon_l2=epsilon_l2, **options
+    )
+    return report
+
+
+def export_model(model, path: str) -> None:
+    """Writes G (the best one for a `Generalist`) as a SavedModel at `path` and `<path>.keras`."""
+    from generalist_tf import export as exports
+
+    if isinstance(model, generalist.Generalist):
+        exports.export_saved_model(model.best_network, model.build_network, path)
+    else:
+        exports.export_saved_model(model, lambda: keras.models.clone_model(model), path)

@@ -1,0 +1,88 @@
+"""`--init_from`: start every learner, EMA and G from a trained network (fine-tuning).
+
+Sources: a `.keras` file (ours or any Keras model of the same architecture), one of our export
+directories (its `.keras` twin, `<export>.keras`), a run's workdir (its `export.keras`), or a
+TF checkpoint of ours (a `checkpoints/` directory or a `ckpt-N` prefix: G of that checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+from generalist_tf import export
+
+
+class InitError(ValueError):
+    """Weights that cannot initialise the run; the message is one line meant for the user."""
+
+
+def _checkpoint_prefix(path: str) -> str | None:
+    if os.path.isdir(path):
+        for directory in (path, os.path.join(path, "checkpoints")):
+            latest = tf.train.latest_checkpoint(directory)
+            if latest:
+                return latest
+        return None
+    return path if os.path.exists(path + ".index") else None
+
+
+def _keras_file(path: str) -> str | None:
+    if path.endswith(".keras") and os.path.isfile(path):
+        return path
+    for candidate in (export.keras_path(path), os.path.join(path, "export.keras")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_into(network: keras.Model, path: str) -> None:
+    """Copies the weights of the network at `path` into `network`, all or nothing.
+
+    Raises:
+      InitError: no readable source at `path`, or weights whose shapes differ (naming the
+        first mismatching weight and both shapes).
+    """
+    keras_file = _keras_file(path)
+    if keras_file is not None:
+        try:
+            source = keras.models.load_model(keras_file, compile=False)
+        except Exception as e:  # Keras raises several types for a bad file.
+            raise InitError(
+                f"--init_from={path}: {keras_file} is not loadable ({type(e).__name__})"
+            )
+        _assign(network, source.weights, path)
+        return
+    prefix = _checkpoint_prefix(path)
+    if prefix is None:
+        raise InitError(
+            f"--init_from={path}: neither a .keras file, an export with its .keras twin, a "
+            "workdir with export.keras, nor a checkpoint"
+        )
+    # G of our checkpoint (key `global`, `checkpoints.tracked_objects`), matched by object graph.
+    try:
+        status = tf.train.Checkpoint(**{"global": network}).restore(prefix).expect_partial()
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InitError(f"--init_from={path}: {prefix} does not fit the model ({first})")
+
+
+def _assign(network: keras.Model, values, path: str) -> None:
+    targets = network.weights
+    if len(values) != len(targets):
+        raise InitError(
+            f"--init_from={path}: {len(values)} weights, the model has {len(targets)} "
+            "(another architecture?)"
+        )
+    for target, value in zip(targets, values):
+        shape = tuple(getattr(value, "shape", ()))
+        if shape != tuple(target.shape):
+            raise InitError(
+                f"--init_from={path}: weight {target.path} has shape {tuple(target.shape)} in "
+                f"the model but {shape} in the source"
+            )
+    for target, value in zip(targets, values):
+        target.assign(tf.convert_to_tensor(value, target.dtype))

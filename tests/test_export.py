@@ -1,0 +1,55 @@
+"""Exports: the SavedModel and its `.keras` twin serve the same float32 G, written atomically."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from generalist_tf import export, models
+
+
+def build():
+    return models.build("digits_cnn", (8, 8, 1), 10)
+
+
+def trained_like_network():
+    network = build()
+    rng = np.random.default_rng(0)
+    network.set_weights(
+        [w + rng.normal(0, 0.1, w.shape).astype(w.dtype) for w in network.get_weights()]
+    )
+    return network
+
+
+def test_keras_file_reloads_with_plain_keras_and_equals_the_saved_model(tmp_path):
+    network = trained_like_network()
+    path = str(tmp_path / "export")
+    export.export_saved_model(network, build, path)
+    assert export.keras_path(path) == str(tmp_path / "export.keras")
+    reloaded = keras.models.load_model(export.keras_path(path))  # our BatchNorm is registered
+    images = np.random.default_rng(1).uniform(size=(5, 8, 8, 1)).astype(np.float32)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=images)["logits"]
+    np.testing.assert_allclose(reloaded(images, training=False), served, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reloaded(images, training=False), network(images), atol=1e-5)
+    # It is a Keras model users can keep training (fine-tuning).
+    reloaded.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    reloaded.fit(images, np.arange(5) % 10, epochs=1, verbose=0)
+
+
+def test_a_failed_keras_write_keeps_the_finished_file(tmp_path, monkeypatch):
+    network = trained_like_network()
+    path = str(tmp_path / "g.keras")
+    export.export_keras(network, path)
+    before = open(path, "rb").read()
+
+    def broken_save(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", broken_save)
+    try:
+        export.export_keras(network, path)
+    except OSError:
+        pass
+    assert open(path, "rb").read() == before
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".export-")] == []
