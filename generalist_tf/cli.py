@@ -128,12 +128,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     string(
         "eval_epsilon_linf",
         "",
-        "l_inf evaluation radius; empty: per dataset (8/255 CIFAR/SVHN, 0.3 MNIST and digits).",
+        "l_inf evaluation radius; empty: per dataset (8/255 CIFAR/SVHN, 0.3 MNIST and digits, 0.1 Fashion-MNIST).",
     )
     string(
         "eval_epsilon_l2",
         "",
-        "l_2 evaluation radius; empty: per dataset (0.5 CIFAR/SVHN, 2.0 MNIST, 1.0 digits).",
+        "l_2 evaluation radius; empty: per dataset (0.5 CIFAR/SVHN, 2.0 MNIST, 1.0 digits and Fashion-MNIST).",
     )
     integer(
         "eval_num_steps",

@@ -172,7 +172,6 @@ def _load_tfds(name: str, data_dir: str | None) -> Arrays:
             f"run `pip install -r requirements.txt && tfds build {name} --data_dir=DIR`, copy DIR "
             f"here and pass --data_dir=DIR"
         )
-    val_size, augmentation = TFDS_DATASETS[name]
 
     def split_arrays(split):
         ds = builder.as_dataset(split=split, as_supervised=True, batch_size=-1)
@@ -181,6 +180,13 @@ def _load_tfds(name: str, data_dir: str | None) -> Arrays:
 
     x_full, y_full = split_arrays("train")
     x_test, y_test = split_arrays("test")
+    num_classes = int(builder.info.features["label"].num_classes)
+    return _carve_validation(name, x_full, y_full, x_test, y_test, num_classes=num_classes)
+
+
+def _carve_validation(name, x_full, y_full, x_test, y_test, *, num_classes: int) -> Arrays:
+    """A `TFDS_DATASETS` dataset with its validation split held out of training (fixed seed)."""
+    val_size, augmentation = TFDS_DATASETS[name]
     keep, held = _holdout(len(x_full), min(val_size, len(x_full) // 10))
     return Arrays(
         name,
@@ -190,7 +196,7 @@ def _load_tfds(name: str, data_dir: str | None) -> Arrays:
         y_full[held],
         x_test,
         y_test,
-        num_classes=int(builder.info.features["label"].num_classes),
+        num_classes=num_classes,
         augmentation=augmentation,
     )
 
@@ -285,19 +291,7 @@ def _load_idx_dataset(name: str, data_dir: str | None) -> Arrays:
         )
     x_full, y_full = _load_idx_split(directory, "train")
     x_test, y_test = _load_idx_split(directory, "test")
-    val_size, augmentation = TFDS_DATASETS[name]
-    keep, held = _holdout(len(x_full), min(val_size, len(x_full) // 10))
-    return Arrays(
-        name,
-        x_full[keep],
-        y_full[keep],
-        x_full[held],
-        y_full[held],
-        x_test,
-        y_test,
-        num_classes=10,
-        augmentation=augmentation,
-    )
+    return _carve_validation(name, x_full, y_full, x_test, y_test, num_classes=10)
 
 
 def checksum(*arrays: np.ndarray) -> str:
@@ -455,7 +449,12 @@ def train_dataset(
 
 
 def eval_dataset(
-    x: np.ndarray, y: np.ndarray, *, batch_size: int, num_examples: int | None = None, seed: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    num_examples: int | None = None,
+    seed: int = EVAL_SUBSET_SEED,
 ) -> tf.data.Dataset:
     """Batches of an evaluation split in a fixed order; the last batch may be partial.
 
@@ -463,7 +462,8 @@ def eval_dataset(
       x, y: images and labels.
       batch_size: the global batch size.
       num_examples: when set and smaller than the split, a subset chosen by `seed`.
-      seed: the seed of that subset.
+      seed: the seed of that subset (default: the fixed `EVAL_SUBSET_SEED`, the same subset
+        for every run).
     """
     if num_examples is not None and num_examples < len(x):
         index = np.sort(np.random.default_rng(seed).permutation(len(x))[:num_examples])

@@ -21,7 +21,8 @@ import keras
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as keras_trainer
 
-from generalist_tf import callbacks, mixing
+from generalist_tf import callbacks as callbacks_lib
+from generalist_tf import mixing
 from generalist_tf.learners import BaseLearner, per_example_ce
 
 GLOBAL = "global"
@@ -110,7 +111,7 @@ class Generalist(keras.Model):
           build_network: builds a fresh network of the architecture (for `global_model`).
           mixing: per-learner weight schedules of G; communication: `schedules.Communication`
             or None; epochs: the training length the schedules are fractions of.
-          select_metric, select_clean_floor: the best-G rule (`callbacks.selection_score`).
+          select_metric, select_clean_floor: the best-G rule (`callbacks_lib.selection_score`).
         """
         self.build_network = build_network
         self._algorithm = (mixing, communication, epochs, select_metric, select_clean_floor)
@@ -119,9 +120,9 @@ class Generalist(keras.Model):
         """The mixing (Alg. 1) and best-G callbacks, in the order they must run."""
         mixing, communication, epochs, select_metric, floor = self._algorithm
         return [
-            callbacks.GeneralistCallback(mixing, communication, epochs),
-            callbacks.BestGlobalCallback(select_metric, floor),
-            callbacks.NaNGuard(),
+            callbacks_lib.GeneralistCallback(mixing, communication, epochs),
+            callbacks_lib.BestGlobalCallback(select_metric, floor),
+            callbacks_lib.NaNGuard(),
         ]
 
     def compile(self, steps_per_execution: int = 1, **kwargs):
@@ -138,14 +139,17 @@ class Generalist(keras.Model):
     def fit(self, x=None, *args, callbacks=None, validation_data=None, **kwargs):
         """`keras.Model.fit` with the algorithm's callbacks first, then the user's.
 
+        The best G is chosen on `validation_data`; without it nothing is selected.
+
         Checks the first training batch before any work: images in [0, 1] and labels below
         the number of classes of the network.
         """
-        if validation_data is None:
-            raise ValueError("fit needs validation_data: the exported G is chosen on it")
         if isinstance(x, tf.data.Dataset):
             _check_batch(x, self.global_network, "x")
         ours = self.algorithm_callbacks() if hasattr(self, "_algorithm") else []
+        if validation_data is None:
+            # No validation, no selection: `best_model()` then refuses (a timing run, say).
+            ours = [c for c in ours if not isinstance(c, callbacks_lib.BestGlobalCallback)]
         ours_types = {type(c) for c in ours}
         theirs = [c for c in callbacks or [] if type(c) not in ours_types]
         return super().fit(
@@ -157,7 +161,16 @@ class Generalist(keras.Model):
         return self._copy(self.global_network)
 
     def best_model(self) -> keras.Model:
-        """G of the best validated epoch (the exported one), as a new plain `keras.Model`."""
+        """G of the best validated epoch (the exported one), as a new plain `keras.Model`.
+
+        Raises:
+          ValueError: no epoch was validated (`fit` without `validation_data`).
+        """
+        if int(self.best_epoch.numpy()) == 0:
+            raise ValueError(
+                "best_model: no validated epoch yet; fit with validation_data (or use "
+                "global_model() for G after the last step)"
+            )
         return self._copy(self.best_network)
 
     def _copy(self, network) -> keras.Model:

@@ -218,7 +218,6 @@ def _train(config: Config) -> dict:
             arrays.y_val,
             batch_size=config.eval_batch_size,
             num_examples=config.val_examples,
-            seed=data.EVAL_SUBSET_SEED,
         )
     )
     model.set_evaluated(best=False, emas=config.val_emas)
@@ -265,7 +264,6 @@ def _train(config: Config) -> dict:
             arrays.y_test,
             batch_size=config.eval_batch_size,
             num_examples=config.table_examples,
-            seed=data.EVAL_SUBSET_SEED,
         )
     )
     test = {k: float(v) for k, v in model.evaluate(test_data, return_dict=True, verbose=0).items()}

@@ -216,10 +216,15 @@ def test_only_the_chief_writes_tensorboard_checkpoints_and_exports(two_workers):
     )
     # The other worker's checkpoints went to a scratch directory, deleted at the end.
     assert not glob.glob(os.path.join(workdir, ".worker-scratch-*"))
+    # `.lock` and `experiment.json` are the chief's alone (workdir.py).
     assert sorted(os.listdir(workdir)) == [
+        ".lock",
         "checkpoints",
+        "experiment.json",
         "export",
+        "export.keras",
         "export_last",
+        "export_last.keras",
         "flags.cfg",
         "results.json",
         "tensorboard",
