@@ -87,10 +87,6 @@ class Config:
     checkpoint_every_steps: int
     verbose: int
 
-    def weight_decay(self, task: str) -> float:
-        """The coupled L2 of a learner: natural vs every adversarial task."""
-        return self.natural_weight_decay if task == "natural" else self.robust_weight_decay
-
 
 def _fraction(values, flag: str) -> float:
     try:
