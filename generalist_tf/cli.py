@@ -188,7 +188,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     integer("eval_restarts", 1, "Random restarts of PGD, CW and APGD in the attack suite.")
     integer("eval_square_queries", 5000, "Queries per example of the Square attack.")
     integer("eval_apgd_steps", 100, "Iterations of each APGD run.")
-    string("eval_attacks", "", "Comma-separated subset of the suite's attacks (empty: all).")
+    string(
+        "eval_attacks",
+        "",
+        "Comma-separated attacks of the suite, or one list: default (empty), standard "
+        "(AutoAttack's standard attacks of both norms), all.",
+    )
     string("reference", "", "Third-party cross-check: '' or 'art' (requirements-art.txt).")
     string("surrogate", "", "SavedModel of an independent model for the transfer-attack alarm.")
     boolean("final_eval", True, "After training, run the attack suite on the exported G.")

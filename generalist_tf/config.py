@@ -290,10 +290,12 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     if eval_attacks:
         from generalist_tf import evaluate
 
+        eval_attacks = tuple(evaluate.expand_attacks(eval_attacks))
         unknown = sorted(set(eval_attacks) - set(evaluate.ATTACK_NAMES))
         _require(
             not unknown,
-            f"--eval_attacks: unknown {unknown}; choose from {', '.join(evaluate.ATTACK_NAMES)}",
+            f"--eval_attacks: unknown {unknown}; choose from {', '.join(evaluate.ATTACK_NAMES)} "
+            f"or one of the lists {', '.join(evaluate.ATTACK_SETS)}",
         )
     if v["mode"] == "eval":
         _require(

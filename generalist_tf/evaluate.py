@@ -32,11 +32,39 @@ from absl import logging
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from generalist_tf import alarms, distribute, robust_attacks
+from generalist_tf import (
+    alarms,
+    distribute,
+    eval_progress,
+    fab,
+    reporting,
+    robust_attacks,
+    square_l2,
+)
 from generalist_tf import attacks as pgd_attacks
 
 NORMS = ("linf", "l2")
+# Every attack of the suite, in report order: l_inf, then l_2.
 ATTACK_NAMES = (
+    "fgsm_linf",
+    "pgd20_linf",
+    "pgd100_linf",
+    "cw_linf",
+    "mim_linf",
+    "apgd_ce_linf",
+    "apgd_t_linf",
+    "fab_t_linf",
+    "square_linf",
+    "pgd20_l2",
+    "pgd100_l2",
+    "apgd_ce_l2",
+    "apgd_t_l2",
+    "fab_t_l2",
+    "square_l2",
+)
+# What runs when no list is given: the suite before FAB-T and the l_2 targeted attacks existed,
+# so that published numbers and the guarded reproduction rows keep their meaning.
+DEFAULT_ATTACKS = (
     "fgsm_linf",
     "pgd20_linf",
     "pgd100_linf",
@@ -51,8 +79,33 @@ ATTACK_NAMES = (
 )
 # Added when a surrogate model is given: PGD-20 on the surrogate, evaluated on the model.
 TRANSFER_ATTACK = "transfer_pgd20_linf"
+# AutoAttack's standard version (Croce & Hein 2020; RobustBench's rule), per norm: APGD-CE,
+# APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries); 100 iterations each.
+STANDARD_ATTACKS = {
+    "linf": ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf"),
+    "l2": ("apgd_ce_l2", "apgd_t_l2", "fab_t_l2", "square_l2"),
+}
+STANDARD_ITERATIONS = 100
+STANDARD_SQUARE_QUERIES = 5000
+# Named lists for `--eval_attacks` (alone): the default, the standard list of both norms, all.
+ATTACK_SETS = {
+    "default": DEFAULT_ATTACKS,
+    "standard": tuple(name for names in STANDARD_ATTACKS.values() for name in names),
+    "all": ATTACK_NAMES,
+}
+# The random stream of an attack is its position here: append only, so that adding an attack
+# never changes another one's numbers.
+STREAM_ORDER = DEFAULT_ATTACKS + (
+    TRANSFER_ATTACK,
+    "apgd_t_l2",
+    "fab_t_linf",
+    "fab_t_l2",
+    "square_l2",
+)
 # Black-box and transfer attacks; every other attack is a white-box gradient attack.
-NON_GRADIENT_ATTACKS = ("square_linf", TRANSFER_ATTACK)
+NON_GRADIENT_ATTACKS = ("square_linf", "square_l2", TRANSFER_ATTACK)
+# Targeted DLR needs at least 4 classes; these are left out (with a warning) below that.
+TARGETED_DLR_ATTACKS = ("apgd_t_linf", "apgd_t_l2")
 # Step sizes of PGD, CW and MIM as a fraction of epsilon (2/255 for 8/255, the usual protocol).
 STEP_FRACTION = 0.25
 CW_STEPS = 30
@@ -146,32 +199,50 @@ def attack_suite(
             jit_compile=jit_compile,
         )
 
-    def apgd(norm, loss):
+    def bound(function, **fixed):
+        """`function` as an `Attack.run`, with this suite's budgets and compile policy."""
+
         def run(model, x, y, epsilon, seed):
-            return robust_attacks.apgd(
-                model,
-                x,
-                y,
-                norm=norm,
-                epsilon=epsilon,
-                num_steps=apgd_steps,
-                loss=loss,
-                restarts=restarts,
-                seed=seed,
-                jit_compile=jit_compile,
+            return function(
+                model, x, y, epsilon=epsilon, seed=seed, jit_compile=jit_compile, **fixed
             )
 
         return run
 
-    def square(model, x, y, epsilon, seed):
-        return robust_attacks.square(
-            model,
-            x,
-            y,
-            epsilon=epsilon,
-            num_queries=square_queries,
-            seed=seed,
-            jit_compile=jit_compile,
+    def apgd(norm, loss):
+        return bound(
+            robust_attacks.apgd, norm=norm, num_steps=apgd_steps, loss=loss, restarts=restarts
+        )
+
+    square = bound(robust_attacks.square, num_queries=square_queries)
+    square_2 = bound(square_l2.square_l2, num_queries=square_queries)
+
+    def fab_t(norm):
+        return bound(fab.fab_t, norm=norm, num_steps=apgd_steps, restarts=restarts)
+
+    def apgd_t(norm):
+        return Attack(
+            f"apgd_t_{norm}",
+            norm,
+            apgd_steps,
+            restarts,
+            1,
+            apgd(norm, "dlr_targeted"),
+            f"APGD-T (targeted DLR), up to {targets} target classes x {apgd_steps} iterations "
+            f"per restart",
+        )
+
+    def fab_attack(norm):
+        return Attack(
+            f"fab_t_{norm}",
+            norm,
+            apgd_steps,
+            restarts,
+            1,
+            fab_t(norm),
+            f"FAB-T (minimum-norm, targeted), up to {fab.TARGET_CLASSES} target classes x "
+            f"{apgd_steps} iterations per restart, alpha_max {fab.ALPHA_MAX:g}, eta {fab.ETA:g}, "
+            f"beta {fab.BETA:g}; adversarial if its distance is within epsilon",
         )
 
     targets = robust_attacks.APGD_TARGET_CLASSES
@@ -209,16 +280,8 @@ def attack_suite(
             apgd("linf", "ce"),
             f"APGD-CE, {apgd_steps} iterations per restart",
         ),
-        Attack(
-            "apgd_t_linf",
-            "linf",
-            apgd_steps,
-            restarts,
-            1,
-            apgd("linf", "dlr_targeted"),
-            f"APGD-T (targeted DLR), up to {targets} target classes x {apgd_steps} iterations "
-            f"per restart",
-        ),
+        apgd_t("linf"),
+        fab_attack("linf"),
         Attack(
             "square_linf",
             "linf",
@@ -238,6 +301,17 @@ def attack_suite(
             1,
             apgd("l2", "ce"),
             f"APGD-CE, {apgd_steps} iterations per restart",
+        ),
+        apgd_t("l2"),
+        fab_attack("l2"),
+        Attack(
+            "square_l2",
+            "l2",
+            square_queries,
+            1,
+            1,
+            square_2,
+            f"Square Attack (l_2), {square_queries} queries (steps = queries), p_init 0.8",
         ),
     ]
     suite.append(
@@ -300,6 +374,8 @@ def run_attack(
     progress: keras.utils.Progbar | None = None,
     target_model=None,
     strategy: tf.distribute.Strategy | None = None,
+    records: eval_progress.Progress | None = None,
+    record_as: str | None = None,
 ) -> np.ndarray:
     """Per-example correctness of the model under one attack, batch by batch.
 
@@ -316,6 +392,8 @@ def run_attack(
         (transfer attacks).
       strategy: spreads the batches over its replicas (`distribute.map_batches`); the same
         masks as on one device.
+      records: where finished batches are kept and found again (`eval_progress`), under the
+        name `record_as` (default: the attack's name).
 
     Returns:
       Boolean array: the example is classified correctly under every repeat of the attack.
@@ -325,7 +403,12 @@ def run_attack(
     """
     target_model = model if target_model is None else target_model
 
+    record_as = record_as or attack.name
+
     def one_batch(batch_index):
+        recorded = None if records is None else records.batch(record_as, batch_index)
+        if recorded is not None:
+            return tf.constant(recorded)
         xb, yb = _batch(x, y, batch_index, batch_size)
         correct = np.ones(len(xb), bool)
         for repeat in range(attack.repeats):
@@ -333,6 +416,8 @@ def run_attack(
             x_adv = np.asarray(attack.run(model, xb, yb, epsilon, batch_seed))
             _check_threat_model(attack.name, x_adv, xb, attack.norm, epsilon)
             correct &= _predict(target_model, x_adv) == yb
+        if records is not None:
+            records.save_batch(record_as, batch_index, correct)
         return tf.constant(correct)
 
     masks = distribute.map_batches(
@@ -408,6 +493,8 @@ def evaluate_model(
     epsilon_fractions=EPSILON_FRACTIONS,
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
+    population: int | None = None,
+    training_epsilons: dict[str, float] | None = None,
 ) -> dict:
     """Evaluates a classifier under the attack suite and writes the report, plots and summaries.
 
@@ -423,8 +510,9 @@ def evaluate_model(
         survives all of them).
       square_queries: queries per example of the Square Attack.
       apgd_steps: iterations of each APGD run.
-      attacks: names from `ATTACK_NAMES` to run (None: all). APGD-T is left out, with a warning,
-        for fewer than 4 classes (its DLR loss is undefined there).
+      attacks: names from `ATTACK_NAMES` to run, or one name of `ATTACK_SETS` (None:
+        `DEFAULT_ATTACKS`). APGD-T is left out, with a warning, for fewer than 4 classes (its DLR
+        loss is undefined there).
       reference: None, or "art" to cross-check PGD-20 and APGD-CE with the Adversarial
         Robustness Toolbox (`pip install -r requirements-art.txt`).
       surrogate: optional model (same input) for a transfer attack, `TRANSFER_ATTACK`.
@@ -436,15 +524,21 @@ def evaluate_model(
       strategy: the training strategy; a `MirroredStrategy` of several replicas evaluates one
         batch per replica at a time (`distribute.map_batches`), with the same numbers as one
         device. The alarms and the ART reference run on the default device.
+      population: the size of the split `x` was drawn from, when `x` is a subset of it (the
+        report's headline then says so).
+      training_epsilons: {norm: epsilon} the model was trained at, for the alarm on
+        near-but-unequal epsilons (`reporting.epsilon_mixup_alarm`).
 
     Returns:
-      The report, as written to `report.json`.
+      The report, as written to `report.json`: `summarise`'s numbers plus
+      `autoattack_standard` and its `autoattack_budgets`, `intervals` (`reporting`), `epsilons`
+      (number and k/255 text), `subset` and `alarms`.
 
     Raises:
       ValueError: an argument outside its range, or mismatched `x` and `y`.
       RuntimeError: an attack produced an example outside its threat model.
     """
-    names = list(ATTACK_NAMES if attacks is None else attacks)
+    names = expand_attacks(attacks)
     _validate(
         epsilon_linf,
         epsilon_l2,
@@ -483,6 +577,29 @@ def evaluate_model(
     )
 
     strategy = distribute.eval_strategy(strategy)
+    surrogate_logits = None if surrogate_classifier is None else surrogate_classifier(x[:8])
+    records = eval_progress.Progress(
+        workdir,
+        eval_progress.fingerprint(
+            np.concatenate(
+                [np.asarray(classifier(x[: eval_progress.FINGERPRINT_EXAMPLES]))]
+                + ([] if surrogate_logits is None else [np.asarray(surrogate_logits)]),
+                axis=-1,
+            ),
+            x,
+            y,
+            dict(
+                epsilons=epsilons,
+                batch_size=batch_size,
+                seed=seed,
+                restarts=restarts,
+                square_queries=square_queries,
+                apgd_steps=apgd_steps,
+                attacks=[name for name, _ in runs],
+                fractions=list(fractions),
+            ),
+        ),
+    )
 
     def clean_batch(index):
         xb, yb = _batch(x, y, index, batch_size)
@@ -503,19 +620,24 @@ def evaluate_model(
             epsilon=epsilons[attack.norm],
             batch_size=batch_size,
             seed=seed,
-            stream=len(ATTACK_NAMES) if is_transfer else ATTACK_NAMES.index(name),
+            stream=STREAM_ORDER.index(name),
             progress=progress,
             target_model=classifier if is_transfer else None,
             strategy=strategy,
+            records=records,
         )
+        seconds = records.add_seconds(name, time.perf_counter() - started)
         entries[name] = {
             "accuracy": float(np.mean(masks[name])),
             "norm": attack.norm,
             "epsilon": epsilons[attack.norm],
+            "epsilon_text": reporting.epsilon_text(epsilons[attack.norm]),
             "num_steps": attack.num_steps,
             "restarts": attack.restarts,
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": round(seconds, 3),
         }
+        if name.startswith("square_"):
+            entries[name]["queries"] = square_queries
         logging.info("%s: accuracy %.4f (%s)", name, entries[name]["accuracy"], attack.description)
 
     curves = {}
@@ -533,12 +655,34 @@ def evaluate_model(
             seed=seed,
             progress=progress,
             strategy=strategy,
+            records=records,
         )
 
     report = summarise(clean, masks, entries)
+    report["autoattack_standard"], report["autoattack_budgets"] = reporting.standard_autoattack(
+        clean,
+        masks,
+        entries,
+        STANDARD_ATTACKS,
+        iterations=apgd_steps,
+        square_queries=square_queries,
+        standard_iterations=STANDARD_ITERATIONS,
+        standard_queries=STANDARD_SQUARE_QUERIES,
+    )
+    reporting.add_intervals(report)
+    report["epsilons"] = {
+        norm: {"value": value, "text": reporting.epsilon_text(value)}
+        for norm, value in epsilons.items()
+    }
+    report["subset"] = (
+        {"num_examples": len(x), "of": int(population)}
+        if population is not None and population > len(x)
+        else None
+    )
     report["alarms"] = _alarms(classifier, x, y, report, curves, seed=seed, jit_compile=jit_compile)
+    report["alarms"] += reporting.epsilon_mixup_alarm(training_epsilons or {}, epsilons)
     for alarm in report["alarms"]:
-        logging.warning("gradient-masking alarm: %s", alarm)
+        logging.warning("evaluation alarm: %s", alarm)
     if reference == "art":
         report["reference"] = art_reference(
             classifier,
@@ -555,6 +699,7 @@ def evaluate_model(
 
     descriptions = {name: attack.description for name, attack in runs}
     write_outputs(workdir, report, curves, descriptions, tensorboard=tensorboard)
+    records.finish()
     return report
 
 
@@ -583,7 +728,7 @@ def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
     With a multi-replica `MirroredStrategy` the model is loaded under its scope (one copy of the
     weights per device) and the batches are spread over the replicas.
     """
-    from generalist_tf import data, export
+    from generalist_tf import data, export, learners
 
     strategy = distribute.eval_strategy(strategy)
     with contextlib.nullcontext() if strategy is None else strategy.scope():
@@ -595,11 +740,16 @@ def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
             np.random.default_rng(data.EVAL_SUBSET_SEED).permutation(len(x))[: config.eval_examples]
         )
         x, y = x[index], y[index]
+    population = len(arrays.x_test)
+    trained = {norm for task in config.learners for norm in learners.TRAINING_NORMS.get(task, ())}
+    budgets = {"linf": config.linf_attack, "l2": config.l2_attack}
     report = evaluate_model(
         model,
         x,
         y,
         workdir=workdir,
+        population=population,
+        training_epsilons={norm: budgets[norm].epsilon for norm in sorted(trained)},
         epsilon_linf=config.eval_attack.epsilon,
         epsilon_l2=config.eval_epsilon_l2,
         batch_size=config.eval_batch_size,
@@ -618,19 +768,26 @@ def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
         return dict(report, table=f.read())
 
 
+def expand_attacks(attacks) -> list[str]:
+    """The attack names of `attacks`: None (the default list), a name of `ATTACK_SETS`, or names."""
+    if attacks is None:
+        return list(DEFAULT_ATTACKS)
+    if isinstance(attacks, str):
+        attacks = [attacks]
+    attacks = list(attacks)
+    if len(attacks) == 1 and attacks[0] in ATTACK_SETS:
+        return list(ATTACK_SETS[attacks[0]])
+    return attacks
+
+
 def _selected_attacks(
     suite, names, *, num_classes: int, transfer: bool
 ) -> list[tuple[str, Attack]]:
     """The attacks to run, in `ATTACK_NAMES` order, then the transfer attack if asked."""
-    if "apgd_t_linf" in names and num_classes < 4:
-        logging.warning(
-            "apgd_t_linf left out: targeted DLR needs >= 4 classes, got %d", num_classes
-        )
-    runs = [
-        (name, suite[name])
-        for name in ATTACK_NAMES
-        if name in names and not (name == "apgd_t_linf" and num_classes < 4)
-    ]
+    left_out = [name for name in TARGETED_DLR_ATTACKS if name in names and num_classes < 4]
+    for name in left_out:
+        logging.warning("%s left out: targeted DLR needs >= 4 classes, got %d", name, num_classes)
+    runs = [(name, suite[name]) for name in ATTACK_NAMES if name in names and name not in left_out]
     if transfer:
         runs.append((TRANSFER_ATTACK, suite[TRANSFER_ATTACK]))
     return runs
@@ -653,7 +810,20 @@ def write_outputs(
 
 
 def _epsilon_curve(
-    model, x, y, pgd20, epsilon, fractions, clean, masks, *, batch_size, seed, progress, strategy
+    model,
+    x,
+    y,
+    pgd20,
+    epsilon,
+    fractions,
+    clean,
+    masks,
+    *,
+    batch_size,
+    seed,
+    progress,
+    strategy,
+    records=None,
 ):
     """PGD-20 accuracy at `fractions` x epsilon; reuses the nominal run when it exists."""
     accuracies = []
@@ -671,9 +841,11 @@ def _epsilon_curve(
                 epsilon=fraction * epsilon,
                 batch_size=batch_size,
                 seed=seed,
-                stream=ATTACK_NAMES.index(pgd20.name),
+                stream=STREAM_ORDER.index(pgd20.name),
                 progress=progress if fraction != 1.0 else None,
                 strategy=strategy,
+                records=records,
+                record_as=f"{pgd20.name}_x{fraction:g}",
             )
         accuracies.append(float(np.mean(mask)))
     return {
@@ -728,15 +900,16 @@ def _alarms(model, x, y, report, curves, *, seed, jit_compile) -> list[str]:
             norm, curve["epsilons"], curve["accuracies"], clean_accuracy=clean
         )
     accuracies = {name: entry["accuracy"] for name, entry in report["attacks"].items()}
-    whitebox = [
-        accuracy
-        for name, accuracy in accuracies.items()
-        if name not in NON_GRADIENT_ATTACKS and report["attacks"][name]["norm"] == "linf"
-    ]
-    if whitebox and "square_linf" in accuracies:
-        found += alarms.black_box("linf", min(whitebox), accuracies["square_linf"])
-    if whitebox and TRANSFER_ATTACK in accuracies:
-        found += alarms.transfer("linf", min(whitebox), accuracies[TRANSFER_ATTACK])
+    for norm in NORMS:
+        whitebox = [
+            accuracy
+            for name, accuracy in accuracies.items()
+            if name not in NON_GRADIENT_ATTACKS and report["attacks"][name]["norm"] == norm
+        ]
+        if whitebox and f"square_{norm}" in accuracies:
+            found += alarms.black_box(norm, min(whitebox), accuracies[f"square_{norm}"])
+        if norm == "linf" and whitebox and TRANSFER_ATTACK in accuracies:
+            found += alarms.transfer("linf", min(whitebox), accuracies[TRANSFER_ATTACK])
     pairs = []
     for norm in NORMS:
         pairs += [(f"pgd20_{norm}", f"pgd100_{norm}"), (f"pgd20_{norm}", f"apgd_ce_{norm}")]
@@ -746,23 +919,71 @@ def _alarms(model, x, y, report, curves, *, seed, jit_compile) -> list[str]:
 
 
 def markdown_report(report: dict, descriptions: dict[str, str] | None = None) -> str:
-    """The report as markdown: a summary, the paper-style table, notes and alarms."""
+    """The report as markdown: a summary, the paper-style table, notes and alarms.
+
+    Accuracies carry their 95% interval (`reporting.INTERVAL_METHOD`) when the report has them.
+    """
     descriptions = descriptions or {}
+    intervals = report.get("intervals")
+
+    def accuracy(value, interval):
+        if intervals is None or interval is None:
+            return f"{100 * value:.2f}%"
+        return reporting.percent_with_interval(value, interval) + "%"
+
+    subset = report.get("subset")
+    examples = f"{report['num_examples']} examples"
+    if subset:
+        examples = (
+            f"**A subset: {subset['num_examples']} of the {subset['of']} test examples** "
+            "(fixed, `data.EVAL_SUBSET_SEED`)"
+        )
+    worst = report["worst_case"]
+
+    def get(*keys):
+        return None if intervals is None else _nested(intervals, keys)
+
     lines = [
         "# Robustness evaluation",
         "",
-        f"{report['num_examples']} examples; clean accuracy "
-        f"{100 * report['clean_accuracy']:.2f}%; worst case l_inf "
-        f"{100 * report['worst_case']['linf']:.2f}%, l_2 {100 * report['worst_case']['l2']:.2f}%; "
-        f"union over all attacks {100 * report['union_accuracy']:.2f}%.",
+        f"{examples}; clean accuracy "
+        f"{accuracy(report['clean_accuracy'], get('clean_accuracy'))}; worst case l_inf "
+        f"{accuracy(worst['linf'], get('worst_case', 'linf'))}, l_2 "
+        f"{accuracy(worst['l2'], get('worst_case', 'l2'))}; union over all attacks "
+        f"{accuracy(report['union_accuracy'], get('union_accuracy'))}.",
         "",
-        "| attack | norm | epsilon | steps | restarts | accuracy (%) | seconds |",
-        "|---|---|---|---|---|---|---|",
+    ]
+    if intervals is not None:
+        lines += [f"Intervals: {intervals['method']} (binomial, over examples).", ""]
+    for norm, value in (report.get("autoattack_standard") or {}).items():
+        budget = report["autoattack_budgets"][norm]
+        if value is None:
+            lines.append(
+                f"- AutoAttack standard, {norm}: not run (missing {', '.join(budget['missing'])})."
+            )
+            continue
+        note = "" if budget["standard"] else " **below the standard budgets**"
+        queries = budget["square_queries"]
+        lines.append(
+            f"- AutoAttack standard, {norm} ({', '.join(budget['attacks'])}; "
+            f"{budget['iterations']} iterations"
+            + (f", Square {queries} queries" if queries else "")
+            + f"){note}: {accuracy(value, get('autoattack_standard', norm))}."
+        )
+    if report.get("autoattack_standard"):
+        lines.append("")
+    lines += [
+        "| attack | norm | epsilon | steps | restarts | accuracy (%) | 95% interval (%) | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["attacks"].items():
+        interval = entry.get("interval")
+        shown = "" if interval is None else f"{100 * interval[0]:.2f}-{100 * interval[1]:.2f}"
+        epsilon = entry.get("epsilon_text") or f"{entry['epsilon']:.4g}"
         lines.append(
-            f"| {name} | {entry['norm']} | {entry['epsilon']:.4g} | {entry['num_steps']} | "
-            f"{entry['restarts']} | {100 * entry['accuracy']:.2f} | {entry['seconds']:.1f} |"
+            f"| {name} | {entry['norm']} | {epsilon} | {entry['num_steps']} | "
+            f"{entry['restarts']} | {100 * entry['accuracy']:.2f} | {shown} | "
+            f"{entry['seconds']:.1f} |"
         )
     lines += ["", "Attacks as run:", ""]
     lines += [f"- {name}: {description}" for name, description in descriptions.items()]
@@ -791,6 +1012,14 @@ def markdown_report(report: dict, descriptions: dict[str, str] | None = None) ->
                 f"{entry['ours']} | {100 * entry['ours_accuracy']:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _nested(tree: dict, keys) -> object:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
 
 
 def _new_axes(title: str, xlabel: str, ylabel: str):

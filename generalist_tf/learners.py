@@ -315,3 +315,14 @@ LEARNERS: dict[str, type[BaseLearner]] = {
         MSDLearner,
     )
 }
+
+# The threat models each task trains against (what the evaluation compares its epsilons with).
+TRAINING_NORMS: dict[str, tuple[str, ...]] = {
+    "natural": (),
+    "linf_pgd": ("linf",),
+    "l2_pgd": ("l2",),
+    "trades": ("linf",),
+    "avg": ("linf", "l2"),
+    "max": ("linf", "l2"),
+    "msd": ("linf", "l2"),
+}

@@ -75,6 +75,14 @@ def _check_epsilon(epsilon):
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
 
 
+def check_square_budget(epsilon, num_queries, p_init) -> None:
+    """Raises ValueError for a Square Attack budget outside its range (either norm)."""
+    _check_epsilon(epsilon)
+    _check_count("num_queries", num_queries, 1)
+    if not 0 < p_init <= 1:
+        raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+
+
 def _check_count(name, value, minimum):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -562,10 +570,7 @@ def square(
     Raises:
       ValueError: an argument outside its range.
     """
-    _check_epsilon(epsilon)
-    _check_count("num_queries", num_queries, 1)
-    if not 0 < p_init <= 1:
-        raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+    check_square_budget(epsilon, num_queries, p_init)
     compiled = _SQUARE_XLA if attacks.resolve_jit_compile(jit_compile) else _SQUARE_GRAPH
     return compiled(
         model, x, y, _scalar(epsilon), num_queries, _scalar(p_init), tf.constant(seed, tf.int64)

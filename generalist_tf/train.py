@@ -20,6 +20,7 @@ from generalist_tf import (
     distribute,
     export,
     generalist,
+    model_card,
     models,
 )
 from generalist_tf.config import Config
@@ -294,6 +295,24 @@ def _train(config: Config) -> dict:
             EXPORT_LAST: f"G after the last epoch ({config.epochs})",
         },
     }
+    table = _format_table(test, config, best_epoch)
+    splits = {
+        "train": len(arrays.x_train),
+        "validation": len(arrays.x_val),
+        "test": len(arrays.x_test),
+    }
+
+    def write_card(name, report=None, report_table=None):
+        card = model_card.render(
+            config,
+            dict(results, table=table),
+            export_name=name,
+            splits=splits,
+            report=report,
+            report_table=report_table,
+        )
+        model_card.write(os.path.join(config.workdir, name), card)
+
     if chief:
         export.export_saved_model(
             model.best_network, build_network, os.path.join(config.workdir, EXPORT_BEST)
@@ -301,7 +320,8 @@ def _train(config: Config) -> dict:
         export.export_saved_model(
             model.global_network, build_network, os.path.join(config.workdir, EXPORT_LAST)
         )
-    table = _format_table(test, config, best_epoch)
+        write_card(EXPORT_BEST)
+        write_card(EXPORT_LAST)
     if chief and config.final_eval:
         # The evaluation suite on the exported G (test split), as `--mode=eval` would run it.
         from generalist_tf import evaluate
@@ -317,6 +337,7 @@ def _train(config: Config) -> dict:
             "union_accuracy": report["union_accuracy"],
             "alarms": report["alarms"],
         }
+        write_card(EXPORT_BEST, report, report["table"])
         table += "\n\nAttack suite on the exported G (test split):\n" + report["table"]
     if chief:
         with open(os.path.join(config.workdir, RESULTS), "w") as f:

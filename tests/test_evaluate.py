@@ -25,9 +25,24 @@ REPORT_KEYS = {
     "attacks",
     "worst_case",
     "union_accuracy",
+    "autoattack_standard",
+    "autoattack_budgets",
+    "intervals",
+    "epsilons",
+    "subset",
     "alarms",
 }
-ENTRY_KEYS = {"accuracy", "norm", "epsilon", "num_steps", "restarts", "seconds"}
+ENTRY_KEYS = {
+    "accuracy",
+    "norm",
+    "epsilon",
+    "epsilon_text",
+    "num_steps",
+    "restarts",
+    "seconds",
+    "num_examples",
+    "interval",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Agreement with the reference implementations (fractions of the test split).
 CLEVERHANS_AGREEMENT = 0.02
@@ -63,9 +78,11 @@ def test_report_json_has_exactly_the_documented_fields(full_run):
     assert written == report
     assert set(report) == REPORT_KEYS
     assert isinstance(report["clean_accuracy"], float) and report["num_examples"] == 128
-    assert list(report["attacks"]) == list(evaluate.ATTACK_NAMES)
+    assert list(report["attacks"]) == list(evaluate.DEFAULT_ATTACKS)
     for name, entry in report["attacks"].items():
-        assert set(entry) == ENTRY_KEYS, name
+        assert set(entry) == ENTRY_KEYS | ({"queries"} if name.startswith("square") else set()), (
+            name
+        )
         assert isinstance(entry["accuracy"], float) and 0.0 <= entry["accuracy"] <= 1.0
         assert entry["norm"] == name.rsplit("_", 1)[1]
         assert entry["epsilon"] == (
@@ -131,8 +148,11 @@ def test_markdown_report_is_a_paper_table(full_run):
     report, workdir = full_run
     with open(os.path.join(workdir, evaluate.REPORT_MD)) as f:
         text = f.read()
-    assert "| attack | norm | epsilon | steps | restarts | accuracy (%) | seconds |" in text
-    for name in evaluate.ATTACK_NAMES:
+    assert (
+        "| attack | norm | epsilon | steps | restarts | accuracy (%) | 95% interval (%) | seconds |"
+        in text
+    )
+    for name in evaluate.DEFAULT_ATTACKS:
         assert f"| {name} |" in text
     assert "PGD-30 on the CW margin" in text
     assert (
@@ -290,8 +310,9 @@ def test_two_replicas_give_the_numbers_of_one_device(tmp_path):
     with strategy.scope():
         replicated = export.load_serving(path)
     x, y = helpers_eval.subset(72)  # 5 batches of 16: the last round leaves a replica idle
-    names = ["pgd20_linf", "apgd_t_linf", "square_linf", "pgd20_l2"]
-    budget = dict(attacks=names, batch_size=16, apgd_steps=10, square_queries=100, **NO_CURVES)
+    # The standard lists of both norms (APGD-CE/T, FAB-T, Square) and PGD.
+    names = ["pgd20_linf", "pgd20_l2", *evaluate.ATTACK_SETS["standard"]]
+    budget = dict(attacks=names, batch_size=16, apgd_steps=5, square_queries=50, **NO_CURVES)
     one = _evaluate(export.load_serving(path), tmp_path / "one", x, y, **budget)
     two = _evaluate(replicated, tmp_path / "two", x, y, strategy=strategy, **budget)
     assert two["clean_accuracy"] == one["clean_accuracy"] and two["num_examples"] == 72
@@ -299,6 +320,7 @@ def test_two_replicas_give_the_numbers_of_one_device(tmp_path):
         n: e["accuracy"] for n, e in one["attacks"].items()
     }
     assert two["worst_case"] == one["worst_case"] and two["union_accuracy"] < one["clean_accuracy"]
+    assert two["autoattack_standard"] == one["autoattack_standard"]
 
 
 def test_map_batches_runs_each_batch_on_one_replica():

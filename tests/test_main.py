@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from generalist_tf import checkpoints, config, data, models
+from generalist_tf import checkpoints, config, data, evaluate, models
 from tests.helpers_train import FLAGS_DIR, config_from, parse_flags, run_main
 
 # Training ends with the attack suite on the exported G (small budgets here).
@@ -251,3 +251,51 @@ def test_eval_mode_rejects_a_savedmodel_without_the_signature(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "serving_default" in last, result.stderr[-2000:]
+
+
+def test_every_export_has_a_model_card(smoke_run):
+    workdir, _ = smoke_run
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    for name in ("export", "export_last"):
+        with open(os.path.join(workdir, name, "MODEL_CARD.md")) as f:
+            card = f.read()
+        assert "## Claim (RobustBench style)" in card and "## Reproduce" in card
+        assert f"--flagfile={workdir}/flags.cfg" in card
+        assert "selection: best clean + PGD accuracy of G" in card
+    with open(os.path.join(workdir, "export", "MODEL_CARD.md")) as f:
+        card = f.read()
+    # The selected G's card carries the suite's numbers with their intervals.
+    clean = report["clean_accuracy"]
+    low, high = report["intervals"]["clean_accuracy"]
+    assert f"{100 * clean:.2f} [{100 * low:.2f}, {100 * high:.2f}]%" in card
+    assert "## Attack suite" in card
+
+
+def test_eval_mode_reports_autoattack_standard_for_both_norms(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    out = tmp_path / "standard"
+    result = run_main(
+        "--mode=eval",
+        f"--model={workdir}/export",
+        f"--workdir={out}",
+        "--eval_attacks=standard",
+        "--eval_examples=48",
+        "--eval_apgd_steps=5",
+        "--eval_square_queries=50",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "report.json") as f:
+        report = json.load(f)
+    assert set(report["attacks"]) == set(evaluate.ATTACK_SETS["standard"])
+    for norm in ("linf", "l2"):
+        value = report["autoattack_standard"][norm]
+        low, high = report["intervals"]["autoattack_standard"][norm]
+        assert low <= value <= high and high - low > 0
+        # Below AutoAttack's budgets (5 iterations, 50 queries): the report must say so.
+        assert report["autoattack_budgets"][norm]["standard"] is False
+        worst = min(report["attacks"][n]["accuracy"] for n in evaluate.STANDARD_ATTACKS[norm])
+        assert value <= worst
+    assert report["subset"] == {"num_examples": 48, "of": 360}
+    with open(out / "report.md") as f:
+        assert "**A subset: 48 of the 360 test examples**" in f.read()

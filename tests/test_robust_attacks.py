@@ -1,4 +1,4 @@
-"""FGSM, MIM, APGD (CE, DLR, targeted DLR) and Square: threat model, paper details, strength.
+"""FGSM, MIM, APGD (CE, DLR, targeted DLR), Square (l_inf, l_2), FAB-T: threat model, strength.
 
 All on CPU with a digits CNN fitted in seconds (`helpers_eval`): every attack stays in its ball
 and in [0, 1] and is the identity at epsilon 0; APGD's checkpoints and DLR losses match the
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import attacks, robust_attacks
+from generalist_tf import attacks, fab, robust_attacks, square_l2
 from tests import helpers_eval
 
 LINF_TOLERANCE = 1e-6
@@ -65,6 +65,25 @@ def _attack_cases():
             "square",
             "linf",
             lambda m, x, y, e: robust_attacks.square(m, x, y, epsilon=e, num_queries=50),
+        ),
+        (
+            "square_l2",
+            "l2",
+            lambda m, x, y, e: square_l2.square_l2(m, x, y, epsilon=e, num_queries=50),
+        ),
+        (
+            "fab_t_linf",
+            "linf",
+            lambda m, x, y, e: fab.fab_t(
+                m, x, y, norm="linf", epsilon=e, num_steps=10, target_classes=3
+            ),
+        ),
+        (
+            "fab_t_l2",
+            "l2",
+            lambda m, x, y, e: fab.fab_t(
+                m, x, y, norm="l2", epsilon=e, num_steps=10, target_classes=3
+            ),
         ),
     ]
 
