@@ -7,6 +7,11 @@ same recipes on MNIST with the SmallCNN), evaluates the exported G of every run 
 attack suite of `evaluate.evaluate_model` on the test split, and writes `RESULTS.md` (mean and
 standard deviation over seeds, the commands, the machine, the wall time, and a verdict computed
 from the numbers) and `tradeoff.png` (natural vs worst-case l_inf accuracy of every method).
+
+A suite may span sessions: every finished run goes into the suite's committed results ledger
+(`RESULTS_fashion_mnist.json`, `RESULTS.json`; see `ledger`), and a later invocation reuses the
+entries whose commands still resolve to the same flags; `--notrain` writes the results of the
+runs finished so far.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class Suite:
     # The clean and PGD-20 columns from training's final table on the whole test split (the
     # suite then runs on a subset), not from the suite's report.
     table_columns_from_full_split: bool = False
+    # The committed results ledger (`ledger`) that carries finished runs across sessions.
+    ledger: str = ""
 
 
 _DIGITS_ABLATIONS = (
@@ -79,7 +86,9 @@ _DIGITS_ABLATIONS = (
     "multinorm_linf_first",
 )
 SUITES = {
-    "digits": Suite("digits", {}, "RESULTS.md", "tradeoff.png", 2.0, _DIGITS_ABLATIONS),
+    "digits": Suite(
+        "digits", {}, "RESULTS.md", "tradeoff.png", 2.0, _DIGITS_ABLATIONS, ledger="RESULTS.json"
+    ),
     "mnist": Suite(
         "digits",
         {"dataset": "mnist", "model": "small_cnn"},
@@ -102,6 +111,7 @@ SUITES = {
             "gd_robust_end_07",
         ),
         table_columns_from_full_split=True,
+        ledger="RESULTS_fashion_mnist.json",
     ),
 }
 
@@ -164,6 +174,8 @@ class Run:
     ended: float = 0.0
     # The command that trains and evaluates it (`run_command`), as RESULTS.md lists it.
     command: str = ""
+    # The commit of the tree whose invocation finished it (`ledger.commit`); "" if not recorded.
+    commit: str = ""
 
 
 def run_dir(root: str, label: str, seed: int) -> str:
@@ -480,12 +492,15 @@ def run_rows(runs: list[Run]) -> list[str]:
     """One table row per run: its numbers (percent), its time and its command."""
     names = [name for _, name in COLUMNS]
     lines = [
-        f"| run | seed | {' | '.join(names)} | seconds | command |",
-        "|" + "---|" * (len(names) + 4),
+        f"| run | seed | {' | '.join(names)} | seconds | commit | command |",
+        "|" + "---|" * (len(names) + 5),
     ]
     for r in runs:
         cells = " | ".join(f"{100 * r.metrics[key]:.2f}" for key, _ in COLUMNS)
-        lines.append(f"| {r.label} | {r.seed} | {cells} | {r.seconds:.0f} | `{r.command}` |")
+        tree = r.commit[:10] + ("+dirty" if r.commit.endswith("+dirty") else "") or "-"
+        lines.append(
+            f"| {r.label} | {r.seed} | {cells} | {r.seconds:.0f} | {tree} | `{r.command}` |"
+        )
     return lines
 
 
@@ -500,7 +515,7 @@ def timing(runs: list[Run], ablation_runs: list[Run], *, wall: float, jobs: int)
     reused = sum(1 for r in every if not r.ended)
     if reused:
         return (
-            f"Time: {reused} of the {len(every)} runs were reused from `runs.json`, so this "
+            f"Time: {reused} of the {len(every)} runs were reused (from `runs.json` or the ledger), so this "
             f"invocation's wall time ({wall / 60:.1f} minutes) does not measure the suite; "
             + summed
         )
@@ -639,6 +654,8 @@ def run_plan(
     done: dict[tuple[str, int], float],
     jobs: int = 1,
     restart: bool = False,
+    ledger_path: str = "",
+    train: bool = True,
 ) -> list[Run]:
     """Runs every (label, method, seed, overrides) of `plan` not in `done`, `jobs` at a time.
 
@@ -646,12 +663,29 @@ def run_plan(
     with `--deterministic` their numbers do not depend on `jobs`. `<root>/runs.json` is rewritten
     in plan order after every finished run, so an interrupted invocation resumes with `--reuse`.
     A failed run does not stop the others; the first failure is raised once all have ended.
+
+    With `ledger_path` (see `ledger`), a run that is neither in `done` nor trained here is taken
+    from the ledger when its command still resolves to the flags recorded there, and every run
+    finished or collected here is written to it. With `train=False` nothing is trained: the result
+    is the runs found (in `done` or the ledger), in plan order.
     """
+    from generalist_tf import ledger
+
+    os.makedirs(root, exist_ok=True)
     start = time.time()
     # Each entry's flags beyond its flagfile: the invocation's, then the entry's own.
     extras = [{**extra, **overrides} for _, _, _, overrides in plan]
     results: dict[int, Run] = {}
+    resolved: dict[int, dict[str, str]] = {}
+    entries = ledger.read(ledger_path) if ledger_path and not restart else []
+    defaults = ledger.defaults() if ledger_path else {}
+    tree = ledger.commit() if ledger_path else ""
+    from_ledger = set()
     for i, (label, method, seed, _) in enumerate(plan):
+        if ledger_path:
+            resolved[i] = ledger.resolved_flags(
+                command(method, run_flags(seed, suite, extras[i]), suite)[3:]
+            )
         if (label, seed) in done:
             metrics = read_metrics(run_dir(root, label, seed))
             results[i] = Run(
@@ -660,11 +694,51 @@ def run_plan(
                 metrics,
                 done[(label, seed)],
                 command=run_command(method, seed, suite, extras[i]),
+                commit=tree,
             )
+            continue
+        entry = ledger.find(entries, label, seed) if ledger_path else None
+        if entry is None:
+            continue
+        changed = ledger.differing(entry["flags"], resolved[i], defaults)
+        if changed:
+            logging.warning(
+                "%s seed %d: the ledger's run differs in %s; retraining", label, seed, changed
+            )
+            continue
+        results[i] = Run(
+            label,
+            seed,
+            entry["metrics"],
+            entry["seconds"],
+            command=run_command(method, seed, suite, extras[i]),
+            commit=entry.get("commit", ""),
+        )
+        from_ledger.add(i)
 
     def record():
         with open(os.path.join(root, "runs.json"), "w") as f:
             json.dump([dataclasses.asdict(results[i]) for i in sorted(results)], f, indent=1)
+        for i in sorted(set(results) - from_ledger) if ledger_path else ():
+            run = results[i]
+            ledger.upsert(
+                ledger_path,
+                {
+                    "label": run.label,
+                    "seed": run.seed,
+                    "method": plan[i][1],
+                    "metrics": run.metrics,
+                    "seconds": run.seconds,
+                    "command": run.command,
+                    "commit": run.commit or tree,
+                    "flags": resolved[i],
+                },
+            )
+            from_ledger.add(i)
+
+    if not train:
+        record()
+        return [results[i] for i in sorted(results)]
 
     failures = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -689,7 +763,7 @@ def run_plan(
                 failures.append(e)
                 logging.error("%s", e)
                 continue
-            run = dataclasses.replace(run, ended=time.time() - start)
+            run = dataclasses.replace(run, ended=time.time() - start, commit=tree)
             results[futures[future]] = run
             logging.warning(
                 "%s seed %d: %s (%.0f s)", run.label, run.seed, run.metrics, run.seconds
@@ -728,6 +802,18 @@ def _define():
     )
     flags.DEFINE_string(
         "results", "", "Output file (relative to the repo root); default: the suite's."
+    )
+    flags.DEFINE_string(
+        "ledger",
+        "",
+        "Results ledger (relative to the repo root) that finished runs are read from and written "
+        "to, so a suite spans sessions; default: the suite's; 'none': no ledger.",
+    )
+    flags.DEFINE_bool(
+        "train",
+        True,
+        "Train the runs that are neither finished in --workdir nor in the ledger; --notrain only "
+        "collects finished runs (into the ledger) and writes the results of those.",
     )
     flags.DEFINE_string(
         "precision", "", "Override every run's --precision (fp32, bf16, auto; empty: flagfile's)."
@@ -774,7 +860,11 @@ def main(argv):
         done=done,
         jobs=FLAGS.jobs,
         restart=not FLAGS.reuse,
+        ledger_path="" if FLAGS.ledger == "none" else (FLAGS.ledger or spec.ledger),
+        train=FLAGS.train,
     )
+    if not finished:
+        raise app.UsageError("no finished run to write results from (--notrain)")
     command = "python -m generalist_tf.repro " + " ".join(
         f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]}"
         for name in ("suite", "workdir", "seeds", "methods", "ablations", "ablation_seeds", "jobs")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from generalist_tf import repro
+from generalist_tf import ledger, repro
 from tests.helpers_train import ROOT
 
 TINY = {
@@ -188,3 +188,74 @@ def test_mnist_suite_trains_on_a_prepared_mnist(tmp_path, monkeypatch):
     assert 0.0 <= run.metrics["union"] <= run.metrics["worst_linf"] <= run.metrics["clean"] <= 1.0
     with open(tmp_path / "standard" / "seed0" / "results.json") as f:
         assert json.load(f)["dataset"] == "mnist"
+
+
+FAKE_METRICS = {
+    **{key: 0.5 for key, _ in repro.COLUMNS},
+    **{key: 0.5 for key, _ in repro.SELECTION_COLUMNS},
+    "alarms": [],
+    "best_epoch": 2,
+    "epochs": 2,
+    "suite_examples": 10,
+}
+
+
+def test_ledger_carries_finished_runs_to_the_next_session(tmp_path, monkeypatch):
+    """A run finished in one session is reused in the next one (fresh workdir) from the ledger,
+    and retrained once its command resolves to other flags; --notrain only collects."""
+    monkeypatch.chdir(ROOT)
+    path = str(tmp_path / "RESULTS_test.json")
+    plan = [("pgd_at", "pgd_at", 0, {})]
+    trained = []
+
+    def fake_run_one(method, seed, *, root, suite, extra, label=None, restart=False):
+        trained.append((method, seed, dict(extra)))
+        return repro.Run(label or method, seed, FAKE_METRICS, 7.0, command="cmd")
+
+    monkeypatch.setattr(repro, "run_one", fake_run_one)
+    args = dict(suite="fashion_mnist", extra={}, done={}, ledger_path=path)
+    first = repro.run_plan(plan, root=str(tmp_path / "session1"), **args)
+    assert len(trained) == 1 and first[0].ended > 0
+    (entry,) = ledger.read(path)
+    assert (entry["label"], entry["seed"], entry["method"]) == ("pgd_at", 0, "pgd_at")
+    assert entry["flags"]["epsilon"] == "--epsilon=0.1"  # from flags/fashion_mnist_common.cfg
+    assert entry["flags"]["variant"] == "--variant=pgd_at" and "workdir" not in entry["flags"]
+    assert entry["commit"] and entry["metrics"] == FAKE_METRICS and entry["seconds"] == 7.0
+
+    # The next session: a new workdir root, nothing trained, the ledger's numbers.
+    second = repro.run_plan(plan, root=str(tmp_path / "session2"), **args)
+    assert len(trained) == 1 and second[0].metrics == FAKE_METRICS and second[0].ended == 0
+    assert second[0].commit == entry["commit"]
+
+    # An entry recorded before a flag existed: the missing flag counts as its default.
+    default = ledger.defaults()
+    del entry["flags"][next(n for n, v in entry["flags"].items() if v == default[n])]
+    ledger.upsert(path, entry)
+    assert repro.run_plan(plan, root=str(tmp_path / "session3"), **args)[0].ended == 0
+    assert len(trained) == 1
+
+    # Another protocol (an override, or an edited flagfile) is another run: retrained.
+    changed = {**args, "extra": {"epochs": 3}}
+    repro.run_plan(plan, root=str(tmp_path / "session4"), **changed)
+    assert trained[-1] == ("pgd_at", 0, {"epochs": 3}) and len(trained) == 2
+    assert ledger.read(path)[0]["flags"]["epochs"] == "--epochs=3"  # replaced, not duplicated
+    assert len(ledger.read(path)) == 1
+
+    # --notrain: collects what is finished, trains nothing.
+    more = plan + [("trades", "trades", 0, {})]
+    found = repro.run_plan(more, root=str(tmp_path / "session5"), **changed, train=False)
+    assert [r.label for r in found] == ["pgd_at"] and len(trained) == 2
+    # --noreuse retrains even what the ledger holds.
+    repro.run_plan(plan, root=str(tmp_path / "session6"), **changed, restart=True)
+    assert len(trained) == 3
+
+
+def test_ledger_rejects_a_file_that_is_not_one(tmp_path):
+    bad = tmp_path / "RESULTS_x.json"
+    bad.write_text('{"runs": [{"label": "a"}]}')
+    with pytest.raises(ValueError, match=r"results ledger .*RESULTS_x.json: not a ledger"):
+        ledger.read(str(bad))
+    bad.write_text("{trunc")
+    with pytest.raises(ValueError, match="not a ledger"):
+        ledger.read(str(bad))
+    assert ledger.read(str(tmp_path / "missing.json")) == []
