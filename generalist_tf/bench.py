@@ -82,6 +82,17 @@ ASSUMED_GPU_TFLOPS = 30.0
 FORWARD_BACKWARD_PASSES = 3
 # Epochs' worth of batches per timed sample of the input pipeline alone.
 PIPELINE_EPOCHS = 10
+# The standard AutoAttack list per norm (Croce & Hein 2020; RobustBench): APGD-CE and APGD-T
+# (9 targets) with 100 iterations, FAB-T (9 targets, 100 iterations), Square with 5,000 queries.
+STANDARD_ITERATIONS = 100
+STANDARD_TARGETS = 9
+STANDARD_SQUARE_QUERIES = 5000
+CIFAR10_TEST_EXAMPLES = 10_000
+# The bench's own budget for timing that list against ART on digits (same for both libraries):
+# per-call times, so the ratios do not need the full budget.
+BENCH_APGD_STEPS = 20
+BENCH_SQUARE_QUERIES = 200
+BENCH_STANDARD_EXAMPLES = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +158,8 @@ class Settings:
     resnet18_batch_size: int
     resnet18_repeats: int
     resnet18_policies: tuple[str, ...]
+    # Timed samples of the standard list against ART on digits (0 skips the group).
+    standard_repeats: int = 0
 
 
 ALL_POLICIES = ("false", "true", "auto")
@@ -162,6 +175,7 @@ SETTINGS = {
         resnet18_batch_size=16,
         resnet18_repeats=7,
         resnet18_policies=ALL_POLICIES,
+        standard_repeats=5,
     ),
     # XLA of ResNet-18 on CPU compiles for ~30 s and runs ~3.5x slower than graph mode (measured
     # here), so --quick leaves it out there (on CPU `auto` is graph mode), and shrinks the batch.
@@ -176,6 +190,7 @@ SETTINGS = {
         resnet18_batch_size=4,
         resnet18_repeats=3,
         resnet18_policies=("false", "auto"),
+        standard_repeats=3,
     ),
     "tiny": Settings(
         mode="tiny",
@@ -441,6 +456,26 @@ def forward_passes_per_image(learners: tuple[str, ...], num_steps: int) -> int:
     return total
 
 
+def standard_evaluation_passes(
+    iterations: int = STANDARD_ITERATIONS,
+    targets: int = STANDARD_TARGETS,
+    square_queries: int = STANDARD_SQUARE_QUERIES,
+) -> dict[str, int]:
+    """Forward-pass equivalents per image of each attack of the standard list, for one norm.
+
+    An upper bound: every attack runs on every image for its whole budget (AutoAttack's cascade
+    skips images an earlier attack broke, so on a robust model it saves about the broken share).
+    APGD: one forward+backward pass per iteration and target; FAB-T: the same for the gradient of
+    the logit difference plus one forward pass of the candidate; Square: one forward per query.
+    """
+    return {
+        "apgd_ce": FORWARD_BACKWARD_PASSES * iterations,
+        "apgd_t": targets * FORWARD_BACKWARD_PASSES * iterations,
+        "fab_t": targets * iterations * (FORWARD_BACKWARD_PASSES + 1),
+        "square": square_queries,
+    }
+
+
 def cost_model(cfg_d: config.Config, cfg_at: config.Config, resnet18: keras.Model) -> dict:
     """Estimated FLOPs and GPU time of Generalist-D and PGD-AT on CIFAR-10 with ResNet-18."""
     k = cfg_d.linf_attack.num_steps
@@ -455,6 +490,9 @@ def cost_model(cfg_d: config.Config, cfg_at: config.Config, resnet18: keras.Mode
     epoch_tflop = images * passes_d * flops / 1e12
     val_tflop = val_examples * eval_networks * eval_passes * flops / 1e12
     hours = 3600.0 * ASSUMED_GPU_TFLOPS
+    standard = standard_evaluation_passes()
+    # Both norms (l_inf and l_2) on the whole CIFAR-10 test split.
+    standard_tflop = 2 * sum(standard.values()) * CIFAR10_TEST_EXAMPLES * flops / 1e12
     return {
         "resnet18_forward_gflops": flops / 1e9,
         "num_steps": k,
@@ -476,6 +514,9 @@ def cost_model(cfg_d: config.Config, cfg_at: config.Config, resnet18: keras.Mode
         "generalist_d_run_with_validation_gpu_hours": cfg_d.epochs
         * (epoch_tflop + val_tflop)
         / hours,
+        "standard_autoattack_passes_per_image_per_norm": standard,
+        "standard_autoattack_cifar10_test_tflop": standard_tflop,
+        "standard_autoattack_cifar10_test_gpu_hours": standard_tflop / hours,
     }
 
 
@@ -690,6 +731,136 @@ def machine_info() -> dict:
     }
 
 
+def fitted_digits_network(build, arrays) -> keras.Model:
+    """The digits network fitted for a few epochs: attacks that skip misclassified images (ART
+    does) would otherwise do a tenth of the work on an untrained one, and the timing would lie."""
+    network = build()
+    network.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    network.fit(arrays.x_train, arrays.y_train, batch_size=64, epochs=8, verbose=0)
+    return network
+
+
+def bench_standard_vs_art(
+    rec: Recorder,
+    network: keras.Model,
+    x,
+    y,
+    *,
+    epsilon: float,
+    apgd_steps: int,
+    square_queries: int,
+    repeats: int,
+) -> bool:
+    """The standard l_inf list, ours against ART's implementations, same images and budgets.
+
+    ART 1.20 has APGD-CE and Square but no FAB, and no targeted DLR: its APGD-T stand-in is its
+    APGD with the targeted cross-entropy toward each of the same 9 target classes (as the
+    agreement test `tests/test_apgd_t_l2_reference.py`). FAB-T is timed for ours alone. ART
+    attacks only the images still classified correctly (as shipped); ours attacks all of them.
+
+    Returns:
+      Whether ART was there (without it only ours is timed, and no ratio is declared).
+    """
+    from generalist_tf import fab, robust_attacks
+
+    classifier = robust_attacks.as_classifier(network)
+    classes = int(network(x[:1]).shape[-1])
+    variants = {
+        "standard/ours_apgd_ce_linf": lambda: robust_attacks.apgd(
+            classifier, x, y, norm="linf", epsilon=epsilon, num_steps=apgd_steps
+        ),
+        "standard/ours_apgd_t_linf": lambda: robust_attacks.apgd(
+            classifier,
+            x,
+            y,
+            norm="linf",
+            epsilon=epsilon,
+            num_steps=apgd_steps,
+            loss="dlr_targeted",
+            target_classes=STANDARD_TARGETS,
+        ),
+        "standard/ours_fab_t_linf": lambda: fab.fab_t(
+            classifier, x, y, norm="linf", epsilon=epsilon, num_steps=apgd_steps
+        ),
+        "standard/ours_square_linf": lambda: robust_attacks.square(
+            classifier, x, y, epsilon=epsilon, num_queries=square_queries
+        ),
+    }
+    try:
+        from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
+        from art.estimators.classification import TensorFlowV2Classifier
+    except ImportError:
+        logging.warning("ART is not installed: the standard list is timed for ours alone")
+        rec.time(DIGITS, variants, repeats=repeats, warmup=1, number=1)
+        return False
+    reference = TensorFlowV2Classifier(
+        model=classifier,
+        nb_classes=classes,
+        input_shape=tuple(x.shape[1:]),
+        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0),
+    )
+    images, labels = np.asarray(x), np.asarray(y)
+    one_hot = keras.utils.to_categorical(labels, classes)
+    apgd_args = dict(
+        norm=np.inf, eps=epsilon, eps_step=2 * epsilon, max_iter=apgd_steps, nb_random_init=1
+    )
+    apgd_args.update(batch_size=len(images), verbose=False)
+
+    def art_apgd_ce():
+        attack = AutoProjectedGradientDescent(reference, loss_type="cross_entropy", **apgd_args)
+        return attack.generate(images, y=one_hot)
+
+    def art_apgd_t():
+        attack = AutoProjectedGradientDescent(
+            reference, loss_type="cross_entropy", targeted=True, **apgd_args
+        )
+        logits = network(images, training=False).numpy()
+        logits[np.arange(len(labels)), labels] = -np.inf
+        order = np.argsort(-logits, axis=1)[:, : min(STANDARD_TARGETS, classes - 1)]
+        return [
+            attack.generate(images, y=keras.utils.to_categorical(order[:, t], classes))
+            for t in range(order.shape[1])
+        ]
+
+    def art_square():
+        attack = SquareAttack(
+            reference,
+            norm=np.inf,
+            eps=epsilon,
+            max_iter=square_queries,
+            p_init=0.8,
+            nb_restarts=1,
+            batch_size=len(images),
+            verbose=False,
+        )
+        return attack.generate(images, y=one_hot)
+
+    variants.update(
+        {
+            "standard/art_apgd_ce_linf": art_apgd_ce,
+            "standard/art_apgd_t_linf": art_apgd_t,
+            "standard/art_square_linf": art_square,
+        }
+    )
+    rec.time(DIGITS, variants, repeats=repeats, warmup=1, number=1)
+    shared = ("apgd_ce_linf", "apgd_t_linf", "square_linf")
+    for side in ("ours", "art"):
+        # Per repeat, the three attacks both libraries have, summed (paired ranges stay valid).
+        names = [f"{DIGITS}/standard/{side}_{a}" for a in shared]
+        samples = [sum(parts) for parts in zip(*(rec.samples[n] for n in names))]
+        rec.add(f"{DIGITS}/standard/{side}_shared", samples, sum(rec.first_call[n] for n in names))
+    for attack in (*shared, "shared"):
+        rec.ratio(
+            f"standard_{attack}_speedup_vs_art",
+            f"{DIGITS}/standard/art_{attack}",
+            f"{DIGITS}/standard/ours_{attack}",
+        )
+    return True
+
+
 def build_resnet18() -> keras.Model:
     return models.build(RESNET18, CIFAR10_IMAGE_SHAPE, CIFAR10_CLASSES)
 
@@ -768,6 +939,18 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
     epoch_images = bench_epoch(
         rec, DIGITS, trainer, arrays, cfg_d, repeats=settings.epoch_repeats, warmup=settings.warmup
     )
+    if settings.standard_repeats:
+        keras.utils.set_random_seed(cfg_d.seed)
+        bench_standard_vs_art(
+            rec,
+            fitted_digits_network(build_digits, arrays),
+            tf.constant(arrays.x_test[:BENCH_STANDARD_EXAMPLES]),
+            tf.constant(arrays.y_test[:BENCH_STANDARD_EXAMPLES]),
+            epsilon=cfg_d.eval_attack.epsilon,
+            apgd_steps=BENCH_APGD_STEPS,
+            square_queries=BENCH_SQUARE_QUERIES,
+            repeats=settings.standard_repeats,
+        )
 
     # CIFAR ResNet-18: random images (no CIFAR data here), the CIFAR-10 flagfile's budget.
     resnet18 = build_resnet18()
@@ -924,6 +1107,19 @@ def format_table(result: dict) -> str:
         "replicas (reported only)",
         time_row("  Generalist-D on 2 logical devices", "step/generalist_d_2_replicas"),
         ratio_row("  2 replicas / 1 replica (time)", "two_replicas_over_one"),
+        f"standard l_inf list on {BENCH_STANDARD_EXAMPLES} digits vs ART (APGD "
+        f"{BENCH_APGD_STEPS} iterations, Square {BENCH_SQUARE_QUERIES} queries)",
+        *[
+            time_row(f"  {side} {attack}", f"standard/{side}_{attack}")
+            for attack in ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf")
+            for side in ("ours", "art")
+            if f"{DIGITS}/standard/{side}_{attack}" in times
+        ],
+        *[
+            ratio_row(f"  speedup vs ART, {attack}", f"standard_{attack}_speedup_vs_art")
+            for attack in ("apgd_ce_linf", "apgd_t_linf", "square_linf", "shared")
+            if f"standard_{attack}_speedup_vs_art" in result
+        ],
         "digits epoch: images per second",
     ]
     ips = result["images_per_second"]
@@ -952,6 +1148,12 @@ def format_table(result: dict) -> str:
         f"{c['generalist_d_run_gpu_hours']:.2f} h ({c['generalist_d_run_with_validation_gpu_hours']:.2f} h "
         "with per-epoch validation)",
     ]
+    lines.append(
+        f"  standard AutoAttack, both norms, {CIFAR10_TEST_EXAMPLES} test images: "
+        f"{sum(c['standard_autoattack_passes_per_image_per_norm'].values())} forward passes per "
+        f"image and norm (upper bound), {c['standard_autoattack_cifar10_test_tflop']:.0f} TFLOP, "
+        f"{c['standard_autoattack_cifar10_test_gpu_hours']:.2f} h (estimate)"
+    )
     if "resnet18_measured_gflops_per_second" in c:
         lines.append(
             f"  this machine: {c['resnet18_measured_gflops_per_second']:.1f} GFLOP/s (model FLOPs "

@@ -140,6 +140,52 @@ def test_cost_model_of_resnet18(result):
     )
 
 
+def test_standard_autoattack_estimate_by_hand(result):
+    """Per image and norm: APGD-CE 100 x 3, APGD-T 9 x 100 x 3, FAB-T 9 x 100 x (3 + 1), Square
+    5,000 forwards = 11,600; both norms on 10,000 CIFAR-10 test images with ResNet-18."""
+    cost = result["cost_model"]
+    passes = cost["standard_autoattack_passes_per_image_per_norm"]
+    assert passes == {"apgd_ce": 300, "apgd_t": 2700, "fab_t": 3600, "square": 5000}
+    tflop = 2 * 11_600 * 10_000 * RESNET18_FORWARD_GFLOPS * 1e9 / 1e12
+    assert cost["standard_autoattack_cifar10_test_tflop"] == pytest.approx(tflop, rel=1e-9)
+    assert cost["standard_autoattack_cifar10_test_gpu_hours"] == pytest.approx(
+        tflop / bench.ASSUMED_GPU_TFLOPS / 3600
+    )
+    assert "standard AutoAttack, both norms" in bench.format_table(result)
+
+
+def test_standard_list_against_art_declares_paired_ratios():
+    """The standard l_inf list vs ART (tiny budgets): every variant timed, the shared-list sums
+    are the per-repeat sums of their three attacks, each ratio is art / ours."""
+    from tests import helpers_eval
+
+    arrays = helpers_eval.digits()
+    rec = bench.Recorder()
+    network = helpers_eval.build_digits_cnn()
+    x, y = arrays.x_test[:16], arrays.y_test[:16]
+    assert bench.bench_standard_vs_art(
+        rec, network, x, y, epsilon=0.1, apgd_steps=2, square_queries=4, repeats=2
+    )
+    prefix = f"{bench.DIGITS}/standard"
+    for side, attacks in (
+        ("ours", ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf")),
+        ("art", ("apgd_ce_linf", "apgd_t_linf", "square_linf")),
+    ):
+        for attack in attacks:
+            assert len(rec.samples[f"{prefix}/{side}_{attack}"]) == 2
+        shared = [rec.samples[f"{prefix}/{side}_{a}"] for a in attacks if a != "fab_t_linf"]
+        assert rec.samples[f"{prefix}/{side}_shared"] == pytest.approx(
+            [sum(parts) for parts in zip(*shared)]
+        )
+    ratios, medians = rec.ratio_values(), rec.medians()
+    assert set(ratios) == {
+        f"standard_{a}_speedup_vs_art" for a in ("apgd_ce_linf", "apgd_t_linf", "square_linf")
+    } | {"standard_shared_speedup_vs_art"}
+    for attack in ("apgd_t_linf", "shared"):
+        expected = medians[f"{prefix}/art_{attack}"] / medians[f"{prefix}/ours_{attack}"]
+        assert ratios[f"standard_{attack}_speedup_vs_art"] == pytest.approx(expected)
+
+
 def test_forward_passes_cover_only_known_learners():
     assert bench.forward_passes_per_image(("natural", "linf_pgd"), 10) == 37
     assert bench.forward_passes_per_image(("linf_pgd",), 10) == 34
