@@ -678,15 +678,24 @@ def run_plan(
     results: dict[int, Run] = {}
     resolved: dict[int, dict[str, str]] = {}
     entries = ledger.read(ledger_path) if ledger_path and not restart else []
-    defaults = ledger.defaults() if ledger_path else {}
+    defaults = ledger.defaults()
     tree = ledger.commit() if ledger_path else ""
     from_ledger = set()
+    # Entries whose workdir holds another experiment (flags changed since): retrained from scratch.
+    stale = set()
     for i, (label, method, seed, _) in enumerate(plan):
-        if ledger_path:
-            resolved[i] = ledger.resolved_flags(
-                command(method, run_flags(seed, suite, extras[i]), suite)[3:]
+        resolved[i] = ledger.resolved_flags(
+            command(method, run_flags(seed, suite, extras[i]), suite)[3:]
+        )
+        recorded = os.path.join(run_dir(root, label, seed), "flags.cfg")
+        if os.path.exists(recorded):
+            changed = ledger.differing(
+                ledger.resolved_flags([f"--flagfile={recorded}"]), resolved[i], defaults
             )
-        if (label, seed) in done:
+            if changed:
+                logging.warning("%s seed %d: its workdir ran %s otherwise", label, seed, changed)
+                stale.add(i)
+        if (label, seed) in done and i not in stale:
             metrics = read_metrics(run_dir(root, label, seed))
             results[i] = Run(
                 label,
@@ -751,7 +760,7 @@ def run_plan(
                 suite=suite,
                 extra=extras[i],
                 label=label,
-                restart=restart,
+                restart=restart or i in stale,
             ): i
             for i, (label, method, seed, _) in enumerate(plan)
             if i not in results

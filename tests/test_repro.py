@@ -250,6 +250,32 @@ def test_ledger_carries_finished_runs_to_the_next_session(tmp_path, monkeypatch)
     assert len(trained) == 3
 
 
+def test_a_workdir_that_ran_other_flags_is_retrained_from_scratch(tmp_path, monkeypatch):
+    """A finished workdir whose recorded flags.cfg differs from what the command now resolves to
+    (an edited flagfile) is neither reused nor resumed: it is retrained with --restart."""
+    monkeypatch.chdir(ROOT)
+    restarts = []
+
+    def fake_run_one(method, seed, *, root, suite, extra, label=None, restart=False):
+        restarts.append(restart)
+        return repro.Run(label or method, seed, FAKE_METRICS, 1.0, command="cmd")
+
+    monkeypatch.setattr(repro, "run_one", fake_run_one)
+    monkeypatch.setattr(repro, "read_metrics", lambda workdir: FAKE_METRICS)
+    workdir = tmp_path / "pgd_at" / "seed0"
+    workdir.mkdir(parents=True)
+    plan = [("pgd_at", "pgd_at", 0, {})]
+    args = dict(root=str(tmp_path), suite="fashion_mnist", extra={}, ledger_path="")
+    (workdir / "flags.cfg").write_text(
+        "--flagfile=flags/fashion_mnist_pgd_at.cfg\n--seed=0\n--select_metric=pgd\n"
+    )
+    repro.run_plan(plan, done={("pgd_at", 0): 5.0}, **args)
+    assert restarts == [True]
+    (workdir / "flags.cfg").write_text("--flagfile=flags/fashion_mnist_pgd_at.cfg\n--seed=0\n")
+    assert repro.run_plan(plan, done={("pgd_at", 0): 5.0}, **args)[0].seconds == 5.0
+    assert restarts == [True]  # the same flags: reused, nothing trained
+
+
 def test_ledger_rejects_a_file_that_is_not_one(tmp_path):
     bad = tmp_path / "RESULTS_x.json"
     bad.write_text('{"runs": [{"label": "a"}]}')
