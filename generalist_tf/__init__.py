@@ -1,12 +1,19 @@
 """generalist_tf: Generalist adversarial training (CVPR 2023) and Generalist++ in TensorFlow/Keras.
 
-The public API (`import generalist_tf as gtf`): `gtf.build_generalist`, `gtf.Attack`,
+The public API (`import generalist_tf as gtf`): `gtf.build_generalist`, `gtf.Attack`, `gtf.Communication`,
 `gtf.evaluate_robustness`, `gtf.export_model`, `gtf.VARIANTS` (see `generalist_tf/api.py`). Everything else is
 internal. The names load on first use, so `import generalist_tf` alone does not start
 TensorFlow (the command line's `--help` stays fast).
 """
 
-__all__ = ["Attack", "VARIANTS", "build_generalist", "evaluate_robustness", "export_model"]
+__all__ = [
+    "Attack",
+    "Communication",
+    "VARIANTS",
+    "build_generalist",
+    "evaluate_robustness",
+    "export_model",
+]
 
 
 def __getattr__(name):

@@ -7,8 +7,8 @@
     report = gtf.evaluate_robustness(model.best_model(), (x_test, y_test), epsilon_linf=0.3, epsilon_l2=1.0)
     gtf.export_model(model, "export")
 
-`build_generalist`, `Attack`, `evaluate_robustness`, `export_model` and `VARIANTS` are the
-stable surface; every
+`build_generalist`, `Attack`, `Communication`, `evaluate_robustness`, `export_model` and
+`VARIANTS` are the stable surface; every
 other module is internal. The command line trains through `build_generalist` too (`train.py`):
 there is one code path.
 
@@ -29,9 +29,17 @@ import tensorflow as tf
 
 from generalist_tf import generalist, init_from, learners, optimizers, schedules
 from generalist_tf.learners import Attack
+from generalist_tf.schedules import Communication
 from generalist_tf.variants import CUSTOM, VARIANTS
 
-__all__ = ["Attack", "VARIANTS", "build_generalist", "evaluate_robustness", "export_model"]
+__all__ = [
+    "Attack",
+    "Communication",
+    "VARIANTS",
+    "build_generalist",
+    "evaluate_robustness",
+    "export_model",
+]
 
 
 def _check_logits(network: keras.Model, argument: str) -> None:
@@ -56,7 +64,7 @@ def build_generalist(
     epochs: int,
     steps_per_epoch: int,
     variant: str = "generalist_d",
-    learners_: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
     mixing: str | Mapping[str, schedules.PiecewiseLinear] | None = None,
     linf_attack: Attack = Attack("linf", 8 / 255, 2 / 255, 10),
     l2_attack: Attack = Attack("l2", 0.5, 0.125, 10),
@@ -85,8 +93,9 @@ def build_generalist(
       build_network: returns a fresh `keras.Model` from [0, 1] images to logits (any
         architecture; BatchNorm and Dropout are fine). Called once per network.
       epochs, steps_per_epoch: the training length; every schedule is a fraction of it.
-      variant: a key of `VARIANTS`, or `custom` with `learners_` and `mixing`.
-      learners_: custom variant: task names (`natural`, `linf_pgd`, `l2_pgd`, `trades`, ...).
+      variant: a key of `VARIANTS`, or `custom` with `tasks` and `mixing`.
+      tasks: custom variant: the learners' task names (`natural`, `linf_pgd`, `l2_pgd`,
+        `trades`, ...).
       mixing: per-learner weights of G, `name=frac:w,...;name=...` (default: the variant's).
       linf_attack, l2_attack: training attacks of the l_inf / l_2 learners.
       eval_attack: the validation attack (default PGD-20 at `linf_attack`'s epsilon, step
@@ -111,23 +120,19 @@ def build_generalist(
       ValueError: a one-line message naming the bad argument.
     """
     if variant == CUSTOM:
-        if not learners_ or not mixing:
-            raise ValueError("variant='custom' needs learners_ and mixing")
-        names, communicate = tuple(learners_), len(learners_) > 1
+        if not tasks or not mixing:
+            raise ValueError("variant='custom' needs tasks and mixing")
+        names, communicate = tuple(tasks), len(tasks) > 1
     elif variant in VARIANTS:
-        if learners_:
-            raise ValueError(
-                f"learners_ is only read with variant='custom', got variant={variant!r}"
-            )
+        if tasks:
+            raise ValueError(f"tasks is only read with variant='custom', got variant={variant!r}")
         names, communicate = VARIANTS[variant].learners, VARIANTS[variant].communicate
         mixing = mixing or VARIANTS[variant].mixing
     else:
         raise ValueError(f"variant={variant!r} is unknown; choose one of {', '.join(VARIANTS)}")
     unknown = [n for n in names if n not in learners.LEARNERS]
     if unknown:
-        raise ValueError(
-            f"learners_: unknown {unknown}; choose from {', '.join(learners.LEARNERS)}"
-        )
+        raise ValueError(f"tasks: unknown {unknown}; choose from {', '.join(learners.LEARNERS)}")
     weights = schedules.parse_mixing(mixing) if isinstance(mixing, str) else dict(mixing)
     schedules.check_mixing(weights, names, epochs, flag="mixing")
     if communication == "default":

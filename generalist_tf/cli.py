@@ -42,7 +42,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     string(
         "model",
         "digits_cnn",
-        "train: resnet18, preact_resnet18, wide_resnet, small_cnn, digits_cnn; eval: a SavedModel directory.",
+        "train: resnet18, preact_resnet18, wide_resnet, small_cnn, digits_cnn, or your own "
+        "builder package.module:function (function(image_shape, num_classes) -> keras.Model of "
+        "logits); eval: a SavedModel directory.",
     )
     integer("wrn_depth", 34, "wide_resnet depth (6n+4).")
     integer("wrn_width", 10, "wide_resnet width factor.")

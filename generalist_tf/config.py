@@ -138,9 +138,12 @@ def from_flags(values: Mapping[str, Any]) -> Config:
     _require(bool(v["workdir"]), "--workdir is required")
     _require(data.is_known_dataset(v["dataset"]), _unknown_dataset(v["dataset"]))
     if v["mode"] == "train":
+        if models.is_user_model(v["model"]):
+            models.user_builder(v["model"])  # a one-line ValueError naming --model
         _require(
-            v["model"] in models.MODELS,
-            f"--model={v['model']!r} is unknown; choose one of {', '.join(models.MODELS)}",
+            v["model"] in models.MODELS or models.is_user_model(v["model"]),
+            f"--model={v['model']!r} is unknown; choose one of {', '.join(models.MODELS)} or "
+            "package.module:function (your own builder)",
         )
     for flag in ("epochs", "batch_size", "eval_batch_size"):
         _require(v[flag] >= 1, f"--{flag} must be >= 1, got {v[flag]}")

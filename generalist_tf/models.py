@@ -14,6 +14,7 @@ ResNets keep PyTorch's defaults, the WRN and the SmallCNN their authors' explici
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Callable, Sequence
 
@@ -281,6 +282,29 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
+def is_user_model(name: str) -> bool:
+    """Whether `--model` names a user's builder, `package.module:function`, not our registry."""
+    return ":" in name
+
+
+def user_builder(name: str):
+    """The function `package.module:function` names: `build(image_shape, num_classes)` returning
+    a fresh `keras.Model` from [0, 1] images to logits (`--model=my_nets:build`).
+
+    Raises:
+      ValueError: the module does not import or has no such function (one line naming --model).
+    """
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--model={name}: cannot import {module_name!r} ({e})") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(f"--model={name}: {module_name} has no function {attribute!r}")
+    return function
+
+
 def build(
     name: str,
     input_shape: Sequence[int],
@@ -294,7 +318,8 @@ def build(
     """Builds a model from the registry.
 
     Args:
-      name: a key of `MODELS`.
+      name: a key of `MODELS`, or `package.module:function` (`user_builder`): the user's network,
+        built as it is (mean, std and bn_moving_variance apply to our architectures only).
       input_shape: (H, W, C) of the images.
       num_classes: number of logits.
       mean, std: optional per-channel normalisation applied inside the model.
@@ -308,6 +333,12 @@ def build(
     Raises:
       ValueError: unknown name or invalid architecture arguments.
     """
+    if is_user_model(name):
+        # The user's own network: their layers, their BatchNorm and their normalisation.
+        network = user_builder(name)(tuple(input_shape), num_classes)
+        if not isinstance(network, keras.Model):
+            raise ValueError(f"--model={name} returned {type(network).__name__}, not a keras.Model")
+        return network
     if name not in MODELS:
         raise ValueError(f"--model={name!r} is unknown; choose one of {', '.join(MODELS)}")
     if bn_moving_variance not in BN_MOVING_VARIANCE:

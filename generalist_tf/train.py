@@ -61,7 +61,7 @@ def build_generalist(config: Config, build_network, steps_per_epoch: int) -> gen
         epochs=config.epochs,
         steps_per_epoch=steps_per_epoch,
         variant=config.variant,
-        learners_=config.learners if config.variant == "custom" else None,
+        tasks=config.learners if config.variant == "custom" else None,
         mixing=config.mixing,
         linf_attack=config.linf_attack,
         l2_attack=config.l2_attack,

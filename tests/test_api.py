@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import generalist_tf as gtf
+from tests import helpers_eval, helpers_train
 from tests.helpers_train import ROOT
 
 
@@ -91,6 +92,16 @@ def test_fit_checks_the_pipeline_before_any_work(images, labels, message):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="variant='generalist_x' is unknown"):
         build(variant="generalist_x")
+    with pytest.raises(ValueError, match="variant='custom' needs tasks and mixing"):
+        build(variant="custom", tasks=["natural", "linf_pgd"])
+    with pytest.raises(ValueError, match=r"tasks: unknown \['linf_fgsm'\]"):
+        build(variant="custom", tasks=["linf_fgsm"], mixing="linf_fgsm=0:1")
+    with pytest.raises(ValueError, match="tasks is only read with variant='custom'"):
+        build(variant="pgd_at", tasks=["natural"])
+    model = build(
+        variant="custom", tasks=["natural", "linf_pgd"], mixing="natural=0:0.5;linf_pgd=0:0.5"
+    )
+    assert [learner.task for learner in model.learners] == ["natural", "linf_pgd"]
     model = build()
     with pytest.raises(ValueError, match="Generalist.compile takes only steps_per_execution"):
         model.compile(optimizer="adam")
@@ -109,3 +120,57 @@ def test_g_comes_back_as_a_plain_model_sharing_nothing():
     assert not shared
     for got, want in zip(g.get_weights(), model.global_network.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+# The command-line twin of tests/api_two_replicas_main.py: every setting it passes, as flags.
+API_VS_CLI_FLAGS = (
+    "--dataset=digits",
+    "--model=tests.user_network:build",
+    "--variant=generalist_d",
+    "--epochs=2",
+    "--batch_size=64",
+    "--epsilon=0.3",
+    "--step_size=0.075",
+    "--num_steps=3",
+    "--eval_epsilon_linf=0.3",
+    "--eval_num_steps=2",
+    "--eval_batch_size=64",
+    "--learning_rate=0:0.05,1:0.005",
+    "--natural_weight_decay=5e-4",
+    "--robust_weight_decay=5e-4",
+    "--ema_decay=0.9",
+    "--communication_start=0.5",
+    "--communication_period=1",
+    "--mixing=natural=0:0,1/2:0,1:0.5;linf_pgd=0:1,1/2:1,1:0.5",
+    "--seed=3",
+    "--deterministic",
+    "--num_cpu_replicas=2",
+    "--noval_emas",
+    "--nofinal_eval",
+    "--verbose=0",
+)
+
+
+def test_api_on_two_replicas_gives_the_g_of_the_command_line(tmp_path):
+    """A network outside our registry (functional, BatchNorm, Dropout) trained through the API
+    on a tf.data pipeline on 2 logical CPU replicas, and through the command line
+    (`--model=tests.user_network:build`, 2 replicas, same flags and seed): the same G."""
+    cli = helpers_train.run_main(*API_VS_CLI_FLAGS, f"--workdir={tmp_path / 'cli'}")
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    api_g = str(tmp_path / "api_g.keras")
+    api = subprocess.run(
+        [sys.executable, "-m", "tests.api_two_replicas_main", api_g],
+        cwd=helpers_train.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert api.returncode == 0, api.stderr[-2000:]
+    ours = keras.models.load_model(api_g)
+    theirs = keras.models.load_model(str(tmp_path / "cli" / "export_last.keras"))
+    assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
+    assert any(isinstance(layer, keras.layers.Dropout) for layer in ours.layers)
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    x = helpers_eval.digits().x_test[:64]
+    np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -270,3 +270,14 @@ def test_bn_convention_reaches_every_layer_and_is_checked():
     assert {bn.moving_variance_convention for bn in batch_norm_layers(default)} == {"unbiased"}
     with pytest.raises(ValueError, match="--bn_moving_variance.*'sample'"):
         models.build("digits_cnn", (8, 8, 1), NUM_CLASSES, bn_moving_variance="sample")
+
+
+def test_a_users_builder_by_module_path():
+    """`--model=package.module:function`: the user's network as built; bad paths in one line."""
+    network = models.build("tests.user_network:build", (8, 8, 1), 10)
+    assert network.output_shape == (None, 10)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in network.layers)
+    with pytest.raises(ValueError, match=r"--model=tests.nowhere:build: cannot import"):
+        models.build("tests.nowhere:build", (8, 8, 1), 10)
+    with pytest.raises(ValueError, match=r"tests.user_network has no function 'nope'"):
+        models.build("tests.user_network:nope", (8, 8, 1), 10)
