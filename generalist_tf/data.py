@@ -109,6 +109,8 @@ def load(
         larger than the training split.
     """
     arrays = _load(name, data_dir, require_train)
+    if require_train:
+        check_trainable(arrays, name)
     if train_examples is None or train_examples == len(arrays.x_train):
         return arrays
     if train_examples > len(arrays.x_train):
@@ -118,6 +120,27 @@ def load(
         )
     keep, _ = _holdout(len(arrays.x_train), len(arrays.x_train) - train_examples)
     return dataclasses.replace(arrays, x_train=arrays.x_train[keep], y_train=arrays.y_train[keep])
+
+
+def check_trainable(arrays: Arrays, name: str) -> None:
+    """Refuses, before any work, data that would train but mean nothing.
+
+    Raises:
+      DataError: fewer than two classes in the training labels (every attack would fail and
+        robust accuracy read 100%), or an empty validation split (a tenth of the training
+        examples is held out, so fewer than 10 leave none and selection has nothing to read).
+    """
+    classes = np.unique(arrays.y_train)
+    if len(classes) < 2:
+        raise DataError(
+            f"--dataset={name}: the training labels hold a single class ({classes.tolist()}); "
+            "adversarial training and robust accuracy need at least two"
+        )
+    if len(arrays.x_val) == 0:
+        raise DataError(
+            f"--dataset={name}: {len(arrays.x_train)} training examples leave an empty "
+            "validation split (a tenth is held out); give at least 10"
+        )
 
 
 def _load(name: str, data_dir: str | None, require_train: bool) -> Arrays:

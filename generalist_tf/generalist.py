@@ -146,6 +146,9 @@ class Generalist(keras.Model):
         """
         if isinstance(x, tf.data.Dataset):
             _check_batch(x, self.global_network, "x")
+        if isinstance(validation_data, tf.data.Dataset):
+            if next(iter(validation_data.take(1)), None) is None:
+                raise ValueError("validation_data is empty: the best G would be chosen on nothing")
         ours = self.algorithm_callbacks() if hasattr(self, "_algorithm") else []
         if validation_data is None:
             # No validation, no selection: `best_model()` then refuses (a timing run, say).

@@ -107,6 +107,8 @@ def test_bad_arguments_are_named():
         model.compile(optimizer="adam")
     model.compile()
     x, y = np.zeros((8, 8, 8, 1), np.float32), np.zeros(8, np.int64)
+    with pytest.raises(ValueError, match="validation_data is empty"):
+        model.fit(dataset(x, y), validation_data=dataset(x, y).take(0), epochs=1, verbose=0)
     model.fit(dataset(x, y), epochs=1, verbose=0)  # no validation: trains, selects nothing
     with pytest.raises(ValueError, match="no validated epoch yet; fit with validation_data"):
         model.best_model()

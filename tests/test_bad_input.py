@@ -129,6 +129,24 @@ def test_unwritable_workdir():
             "float x_train must lie in [0, 1]",
         ),
         (None, "not a readable .npz file"),
+        (
+            {
+                "x_train": np.zeros((8, 8, 8), np.uint8),
+                "y_train": np.arange(8) % 2,
+                "x_test": np.zeros((4, 8, 8), np.uint8),
+                "y_test": np.zeros(4, np.int64),
+            },
+            "8 training examples leave an empty validation split",
+        ),
+        (
+            {
+                "x_train": np.zeros((100, 8, 8), np.uint8),
+                "y_train": np.full(100, 3),
+                "x_test": np.zeros((4, 8, 8), np.uint8),
+                "y_test": np.full(4, 3),
+            },
+            "the training labels hold a single class ([3])",
+        ),
     ],
 )
 def test_bad_npz(tmp_path, arrays, fragment):

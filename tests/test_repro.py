@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from generalist_tf import ledger, repro
+from tests import helpers_train
 from tests.helpers_train import ROOT
 
 TINY = {
@@ -117,7 +118,7 @@ def _results_rows() -> dict[tuple[str, int], list[str]]:
     rows = {}
     for line in text.split("## Every run", 1)[1].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 9 and cells[1].isdigit():
+        if len(cells) in (9, 10) and cells[1].isdigit():  # 10: with the commit column
             rows[(cells[0], int(cells[1]))] = cells[2:7]
     return rows
 
@@ -285,3 +286,34 @@ def test_ledger_rejects_a_file_that_is_not_one(tmp_path):
     with pytest.raises(ValueError, match="not a ledger"):
         ledger.read(str(bad))
     assert ledger.read(str(tmp_path / "missing.json")) == []
+
+
+@pytest.mark.slow
+def test_fashion_mnist_flagfile_repeats_its_ledger_row(tmp_path, monkeypatch):
+    """`flags/fashion_mnist_pgd_at.cfg --seed=0` repeats its committed row (RESULTS_fashion_mnist.json).
+
+    Reduced budget (a full row is about an hour here, most of it the attack suite on 2,000
+    images): the whole training run exactly as recorded, and the columns of training's final
+    table on the 10,000 test images (clean and PGD-20 of the exported and of the last G, and the
+    epoch selected); the attack suite is not rerun (`--nofinal_eval`). About 25 minutes here.
+    """
+    monkeypatch.chdir(ROOT)
+    entry = ledger.find(ledger.read(os.path.join(ROOT, "RESULTS_fashion_mnist.json")), "pgd_at", 0)
+    assert entry is not None, "RESULTS_fashion_mnist.json has no pgd_at seed 0 row"
+    argv = repro.command("pgd_at", repro.run_flags(0, "fashion_mnist", {}), "fashion_mnist")
+    assert not ledger.differing(entry["flags"], ledger.resolved_flags(argv[3:]), ledger.defaults())
+    workdir = str(tmp_path / "pgd_at")
+    result = helpers_train.run_main(
+        *argv[3:], f"--workdir={workdir}", "--nofinal_eval", "--verbose=0", timeout=3600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    assert results["best_epoch"] == entry["metrics"]["best_epoch"]
+    for key, name in (
+        ("exported_clean", "best/clean_accuracy"),
+        ("exported_pgd20", "best/pgd_accuracy"),
+        ("last_clean", "global/clean_accuracy"),
+        ("last_pgd20", "global/pgd_accuracy"),
+    ):
+        assert results["test"][name] == pytest.approx(entry["metrics"][key], abs=1e-6), key
