@@ -176,6 +176,8 @@ class Run:
     command: str = ""
     # The commit of the tree whose invocation finished it (`ledger.commit`); "" if not recorded.
     commit: str = ""
+    # Resumed from an earlier invocation's checkpoint: `seconds` then counts only the last one.
+    resumed: bool = False
 
 
 def run_dir(root: str, label: str, seed: int) -> str:
@@ -231,6 +233,7 @@ def run_one(
     flags_ = {**run_flags(seed, suite, extra), "workdir": workdir, "verbose": 0}
     if restart:  # retrain from scratch; otherwise an interrupted run resumes from its checkpoint
         flags_["restart"] = "true"
+    resumed = not restart and os.path.isdir(os.path.join(workdir, "checkpoints"))
     start = time.time()
     result = subprocess.run(
         command(method, {**flags_, "final_eval": "true"}, suite), capture_output=True, text=True
@@ -244,6 +247,7 @@ def run_one(
         read_metrics(workdir),
         time.time() - start,
         command=run_command(method, seed, suite, extra),
+        resumed=resumed,
     )
 
 
@@ -498,9 +502,8 @@ def run_rows(runs: list[Run]) -> list[str]:
     for r in runs:
         cells = " | ".join(f"{100 * r.metrics[key]:.2f}" for key, _ in COLUMNS)
         tree = r.commit[:10] + ("+dirty" if r.commit.endswith("+dirty") else "") or "-"
-        lines.append(
-            f"| {r.label} | {r.seed} | {cells} | {r.seconds:.0f} | {tree} | `{r.command}` |"
-        )
+        seconds = f"{r.seconds:.0f}" + (" (resumed: last part only)" if r.resumed else "")
+        lines.append(f"| {r.label} | {r.seed} | {cells} | {seconds} | {tree} | `{r.command}` |")
     return lines
 
 
@@ -722,6 +725,7 @@ def run_plan(
             entry["seconds"],
             command=run_command(method, seed, suite, extras[i]),
             commit=entry.get("commit", ""),
+            resumed=entry.get("resumed", False),
         )
         from_ledger.add(i)
 
@@ -740,6 +744,7 @@ def run_plan(
                     "seconds": run.seconds,
                     "command": run.command,
                     "commit": run.commit or tree,
+                    "resumed": run.resumed,
                     "flags": resolved[i],
                 },
             )

@@ -222,6 +222,7 @@ def test_ledger_carries_finished_runs_to_the_next_session(tmp_path, monkeypatch)
     assert entry["flags"]["epsilon"] == "--epsilon=0.1"  # from flags/fashion_mnist_common.cfg
     assert entry["flags"]["variant"] == "--variant=pgd_at" and "workdir" not in entry["flags"]
     assert entry["commit"] and entry["metrics"] == FAKE_METRICS and entry["seconds"] == 7.0
+    assert entry["resumed"] is False
 
     # The next session: a new workdir root, nothing trained, the ledger's numbers.
     second = repro.run_plan(plan, root=str(tmp_path / "session2"), **args)
