@@ -27,19 +27,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import generalist_tf
 from generalist_tf import generalist, init_from, learners, optimizers, schedules
 from generalist_tf.learners import Attack
-from generalist_tf.schedules import Communication
+from generalist_tf.schedules import Communication  # noqa: F401 (public: gtf.Communication)
 from generalist_tf.variants import CUSTOM, VARIANTS
 
-__all__ = [
-    "Attack",
-    "Communication",
-    "VARIANTS",
-    "build_generalist",
-    "evaluate_robustness",
-    "export_model",
-]
+# The public names are listed once, in the package (`generalist_tf.__all__`), which must know
+# them without importing this module (and TensorFlow).
+__all__ = list(generalist_tf.__all__)
 
 
 def _check_logits(network: keras.Model, argument: str) -> None:

@@ -763,7 +763,7 @@ def bench_standard_vs_art(
     Returns:
       Whether ART was there (without it only ours is timed, and no ratio is declared).
     """
-    from generalist_tf import fab, robust_attacks
+    from generalist_tf import evaluate, fab, robust_attacks
 
     classifier = robust_attacks.as_classifier(network)
     classes = int(network(x[:1]).shape[-1])
@@ -790,18 +790,11 @@ def bench_standard_vs_art(
     }
     try:
         from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
-        from art.estimators.classification import TensorFlowV2Classifier
     except ImportError:
         logging.warning("ART is not installed: the standard list is timed for ours alone")
         rec.time(DIGITS, variants, repeats=repeats, warmup=1, number=1)
         return False
-    reference = TensorFlowV2Classifier(
-        model=classifier,
-        nb_classes=classes,
-        input_shape=tuple(x.shape[1:]),
-        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
-        clip_values=(0.0, 1.0),
-    )
+    reference = evaluate.art_estimator(classifier, x)
     images, labels = np.asarray(x), np.asarray(y)
     one_hot = keras.utils.to_categorical(labels, classes)
     apgd_args = dict(

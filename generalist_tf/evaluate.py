@@ -1093,6 +1093,29 @@ _ART_MIRRORS = {
 }
 
 
+def art_estimator(model, x):
+    """`model` (images in [0, 1] -> logits) as ART's `TensorFlowV2Classifier`, shaped after `x`:
+    the pixel box as its clip values, cross-entropy on logits as its loss.
+
+    Raises:
+      RuntimeError: ART is not installed (with the command that installs it).
+    """
+    try:
+        from art.estimators.classification import TensorFlowV2Classifier
+    except ImportError as e:
+        raise RuntimeError(
+            "reference='art' needs the Adversarial Robustness Toolbox: "
+            f"pip install -r requirements-art.txt ({e})"
+        ) from None
+    return TensorFlowV2Classifier(
+        model=model,
+        nb_classes=int(model(x[:1]).shape[-1]),
+        input_shape=tuple(x.shape[1:]),
+        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0),
+    )
+
+
 def art_reference(
     model, x, y, *, names, epsilons, apgd_steps, restarts, batch_size, seed, ours
 ) -> dict:
@@ -1114,19 +1137,12 @@ def art_reference(
     try:
         import art
         from art.attacks import evasion
-        from art.estimators.classification import TensorFlowV2Classifier
     except ImportError as e:
         raise RuntimeError(
             "reference='art' needs the Adversarial Robustness Toolbox: "
             f"pip install -r requirements-art.txt ({e})"
         ) from None
-    classifier = TensorFlowV2Classifier(
-        model=model,
-        nb_classes=int(model(x[:1]).shape[-1]),
-        input_shape=tuple(x.shape[1:]),
-        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
-        clip_values=(0.0, 1.0),
-    )
+    classifier = art_estimator(model, x)
     results = {}
     state = np.random.get_state()
     try:

@@ -146,9 +146,11 @@ class Generalist(keras.Model):
         """
         if isinstance(x, tf.data.Dataset):
             _check_batch(x, self.global_network, "x")
-        if isinstance(validation_data, tf.data.Dataset):
-            if next(iter(validation_data.take(1)), None) is None:
-                raise ValueError("validation_data is empty: the best G would be chosen on nothing")
+        empty = isinstance(validation_data, tf.data.Dataset) and (
+            next(iter(validation_data.take(1)), None) is None
+        )
+        if empty:
+            raise ValueError("validation_data is empty: the best G would be chosen on nothing")
         ours = self.algorithm_callbacks() if hasattr(self, "_algorithm") else []
         if validation_data is None:
             # No validation, no selection: `best_model()` then refuses (a timing run, say).

@@ -709,7 +709,7 @@ def run_plan(
                 commit=tree,
             )
             continue
-        entry = ledger.find(entries, label, seed) if ledger_path else None
+        entry = ledger.find(entries, label, seed)  # entries is [] without a ledger
         if entry is None:
             continue
         changed = ledger.differing(entry["flags"], resolved[i], defaults)

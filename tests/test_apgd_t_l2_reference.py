@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from generalist_tf import robust_attacks
+from generalist_tf import evaluate, robust_attacks
 from tests import helpers_eval
 
 AGREEMENT = 0.02  # the tolerance: 2 points
@@ -21,15 +21,8 @@ AGREEMENT = 0.02  # the issue's tolerance: 2 points
 
 def _art_targeted_worst_case(classifier, x, y, epsilon, num_steps):
     from art.attacks.evasion import AutoProjectedGradientDescent
-    from art.estimators.classification import TensorFlowV2Classifier
 
-    reference = TensorFlowV2Classifier(
-        model=classifier,
-        nb_classes=10,
-        input_shape=x.shape[1:],
-        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
-        clip_values=(0.0, 1.0),
-    )
+    reference = evaluate.art_estimator(classifier, x)
     predict = lambda images: classifier(images).numpy().argmax(1)  # noqa: E731
     robust = predict(x) == y
     np.random.seed(0)

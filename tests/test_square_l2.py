@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import data, robust_attacks, square_l2
+from generalist_tf import data, evaluate, robust_attacks, square_l2
 
 
 def _pattern(side, transpose=False):
@@ -75,18 +75,11 @@ def _fashion_model():
 @pytest.mark.slow
 def test_never_weaker_than_arts_square_l2():
     from art.attacks.evasion import SquareAttack
-    from art.estimators.classification import TensorFlowV2Classifier
 
     model, x, y = _fashion_model()
     classifier = robust_attacks.as_classifier(model)
     ours = square_l2.square_l2(classifier, x, y, epsilon=1.0, num_queries=1000, seed=0)
-    reference = TensorFlowV2Classifier(
-        model=classifier,
-        nb_classes=10,
-        input_shape=x.shape[1:],
-        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
-        clip_values=(0.0, 1.0),
-    )
+    reference = evaluate.art_estimator(classifier, x)
     np.random.seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # ART's 0/0 (module docstring)
