@@ -1093,6 +1093,24 @@ _ART_MIRRORS = {
 }
 
 
+def _import_art():
+    """The `art` package.
+
+    Raises:
+      RuntimeError: ART is not installed (with the command that installs it).
+    """
+    try:
+        import art
+        import art.attacks.evasion
+        import art.estimators.classification
+    except ImportError as e:
+        raise RuntimeError(
+            "reference='art' needs the Adversarial Robustness Toolbox: "
+            f"pip install -r requirements-art.txt ({e})"
+        ) from None
+    return art
+
+
 def art_estimator(model, x):
     """`model` (images in [0, 1] -> logits) as ART's `TensorFlowV2Classifier`, shaped after `x`:
     the pixel box as its clip values, cross-entropy on logits as its loss.
@@ -1100,14 +1118,7 @@ def art_estimator(model, x):
     Raises:
       RuntimeError: ART is not installed (with the command that installs it).
     """
-    try:
-        from art.estimators.classification import TensorFlowV2Classifier
-    except ImportError as e:
-        raise RuntimeError(
-            "reference='art' needs the Adversarial Robustness Toolbox: "
-            f"pip install -r requirements-art.txt ({e})"
-        ) from None
-    return TensorFlowV2Classifier(
+    return _import_art().estimators.classification.TensorFlowV2Classifier(
         model=model,
         nb_classes=int(model(x[:1]).shape[-1]),
         input_shape=tuple(x.shape[1:]),
@@ -1134,14 +1145,8 @@ def art_reference(
     Raises:
       RuntimeError: ART is not installed (with the command that installs it).
     """
-    try:
-        import art
-        from art.attacks import evasion
-    except ImportError as e:
-        raise RuntimeError(
-            "reference='art' needs the Adversarial Robustness Toolbox: "
-            f"pip install -r requirements-art.txt ({e})"
-        ) from None
+    art = _import_art()
+    evasion = art.attacks.evasion
     classifier = art_estimator(model, x)
     results = {}
     state = np.random.get_state()
