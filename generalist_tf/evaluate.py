@@ -725,6 +725,11 @@ def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
         )
         x, y = x[index], y[index]
     population = len(arrays.x_test)
+    # Checked before the first attack: data the model (or the surrogate) cannot take.
+    export.check_fits(model, x, y, flag="--model", dataset=config.dataset)
+    surrogate = export.load_serving(config.surrogate) if config.surrogate else None
+    if surrogate is not None:
+        export.check_fits(surrogate, x, y, flag="--surrogate", dataset=config.dataset)
     trained = {norm for task in config.learners for norm in learners.TRAINING_NORMS.get(task, ())}
     budgets = {"linf": config.linf_attack, "l2": config.l2_attack}
     report = evaluate_model(
@@ -743,7 +748,7 @@ def run_on_export(config, path: str, workdir: str, strategy=None) -> dict:
         apgd_steps=config.eval_apgd_steps,
         attacks=config.eval_attacks,
         reference=config.reference,
-        surrogate=export.load_serving(config.surrogate) if config.surrogate else None,
+        surrogate=surrogate,
         jit_compile=config.jit_compile,
         verbose=min(config.verbose, 1),
         strategy=strategy,

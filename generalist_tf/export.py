@@ -15,6 +15,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 SIGNATURE = "serving_default"
@@ -125,7 +126,36 @@ def load_serving(path: str):
     def logits(images):
         return serve(**{input_name: tf.convert_to_tensor(images, tf.float32)})[output_name]
 
+    logits.input_shape = tuple(inputs[input_name].shape[1:])
+    logits.num_classes = serve.structured_outputs[output_name].shape[-1]
+    logits.path = path
     # The signature holds only weak references to the model's variables: keep the model alive
     # as long as the function is (otherwise "referencing variables which have been deleted").
     logits.saved_model = loaded
     return logits
+
+
+def check_fits(model, x, y, *, flag: str, dataset: str) -> None:
+    """Refuses evaluation data the served model (from `load_serving`) cannot take.
+
+    Raises:
+      ValueError: image shape (height, width, channels) differs from the signature's input, or
+        a label reaches the model's class count; the message names `flag` and `dataset`.
+    """
+    expected = model.input_shape
+    if len(expected) != len(x.shape[1:]) or any(
+        e is not None and e != a for e, a in zip(expected, x.shape[1:])
+    ):
+        raise ValueError(
+            f"{flag}={model.path} takes images of shape {_shape(expected)}, but --dataset={dataset} "
+            f"has {_shape(x.shape[1:])} (height, width, channels)"
+        )
+    if model.num_classes is not None and len(y) and int(np.max(y)) >= model.num_classes:
+        raise ValueError(
+            f"{flag}={model.path} has {model.num_classes} classes, but --dataset={dataset} has "
+            f"label {int(np.max(y))}"
+        )
+
+
+def _shape(shape) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)

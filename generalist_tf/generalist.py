@@ -22,7 +22,7 @@ import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as keras_trainer
 
 from generalist_tf import callbacks as callbacks_lib
-from generalist_tf import mixing
+from generalist_tf import compat, mixing
 from generalist_tf.learners import BaseLearner, per_example_ce
 
 GLOBAL = "global"
@@ -264,13 +264,25 @@ class Generalist(keras.Model):
         self.train_function = multi_step
         return multi_step
 
-    def evaluate(self, *args, **kwargs):
-        """`keras.Model.evaluate`, one batch per call whatever `steps_per_execution` says.
+    def evaluate(self, *args, return_dict=False, **kwargs):
+        """`keras.Model.evaluate`, one batch per call, each number over the whole split.
 
         Keras' N-step evaluation loop hits keras-team/keras#19246 under `MirroredStrategy`;
         evaluation (validation included, which `fit` runs through here) is cheap next to
         training, so it keeps Keras' one-step path.
+
+        Keras returns the mean over replicas of each replica's own running result, which
+        weighs the replicas equally: wrong when a batch splits unevenly (a partial last batch,
+        64 + 63 examples). The metrics' state is summed over replicas when read in
+        cross-replica context, so their results, read here, are the one-device numbers.
         """
+        logs = self._evaluate_one_step(*args, return_dict=True, **kwargs)
+        for prefix in self.evaluated_networks():
+            for key, metric in self._eval_metrics[prefix].items():
+                logs[f"{prefix}/{key}"] = float(metric.result())
+        return logs if return_dict else self._flatten_metrics_in_order(logs)
+
+    def _evaluate_one_step(self, *args, **kwargs):
         saved, self.steps_per_execution = self.steps_per_execution, 1
         # `fit` builds its validation iterator (Keras' private `_eval_epoch_iterator`) with N
         # before calling here; left at N it would hand one batch per N to a one-step function.
@@ -282,6 +294,13 @@ class Generalist(keras.Model):
         finally:
             self.steps_per_execution = saved
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' pre-loop build, from replica 0's slice of the first batch (`compat`)."""
+        if iterator is not None and self._distribute_strategy is not None:
+            data_batch = compat.first_replica_batch(iterator, self.distribute_strategy)
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def test_step(self, data):
         """Loss, clean and PGD accuracy of G and of each learner's EMA (inference mode)."""
         x, y = data
@@ -292,7 +311,8 @@ class Generalist(keras.Model):
             x_adv = self.eval_attack(
                 network, x, y, jit_compile=self.jit_compile, seed=self._eval_seed()
             )
-            metrics["loss"].update_state(tf.reduce_mean(per_example_ce(y, logits)))
+            # Per example, so the loss is the split's mean however its batches are cut.
+            metrics["loss"].update_state(per_example_ce(y, logits))
             metrics["clean_accuracy"].update_state(y, logits)
             metrics["pgd_accuracy"].update_state(y, network(x_adv, training=False))
             for key, metric in metrics.items():

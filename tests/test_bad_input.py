@@ -227,3 +227,62 @@ def test_steps_per_execution_must_divide_every_fit():
         train._check_steps_per_execution(cfg, 19, 0)
     with pytest.raises(ValueError, match=r"stopped 3 steps into an epoch"):
         train._check_steps_per_execution(cfg, 20, 3)
+
+
+def eval_npz(tmp_path, shape, max_label):
+    path = tmp_path / f"eval_{'x'.join(map(str, shape))}_{max_label}.npz"
+    n = 20
+    labels = np.arange(n) % (max_label + 1)
+    np.savez(
+        path,
+        x_train=np.zeros((n, *shape), np.uint8),
+        y_train=labels,
+        x_test=np.zeros((n, *shape), np.uint8),
+        y_test=labels,
+    )
+    return path
+
+
+EVAL_ARGS = ["--mode=eval", "--eval_epsilon_linf=0.3", "--eval_epsilon_l2=1.0", "--verbose=0"]
+
+
+@pytest.mark.parametrize(
+    "shape, max_label, fragment",
+    [
+        ((10, 10), 9, "takes images of shape 8x8x1, but --dataset=npz:"),
+        ((8, 8, 3), 9, "has 8x8x3 (height, width, channels)"),
+        ((8, 8), 12, "has 10 classes, but --dataset=npz:"),
+    ],
+)
+def test_evaluation_data_the_model_cannot_take_is_refused_before_any_attack(
+    finished_run, tmp_path, shape, max_label, fragment
+):
+    path = eval_npz(tmp_path, shape, max_label)
+    out = tmp_path / "eval"
+    result = run_main(
+        *EVAL_ARGS, f"--model={finished_run}/export", f"--dataset=npz:{path}", f"--workdir={out}"
+    )
+    assert_one_line_error(result, f"--model={finished_run}/export", fragment)
+    assert not (out / "report.json").exists()
+
+
+def test_a_surrogate_of_another_shape_is_refused_before_any_attack(finished_run, tmp_path):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.w = tf.Variable(tf.zeros([100, 10]))
+    module.serve = tf.function(
+        lambda images: {"logits": tf.reshape(images, [-1, 100]) @ module.w},
+        input_signature=[tf.TensorSpec([None, 10, 10, 1], tf.float32, "images")],
+    )
+    surrogate = tmp_path / "surrogate"
+    tf.saved_model.save(module, str(surrogate), signatures={"serving_default": module.serve})
+    result = run_main(
+        *EVAL_ARGS,
+        f"--model={finished_run}/export",
+        f"--surrogate={surrogate}",
+        "--dataset=digits",
+        "--eval_attacks=fgsm_linf",
+        f"--workdir={tmp_path / 'eval'}",
+    )
+    assert_one_line_error(result, f"--surrogate={surrogate} takes images of shape 10x10x1")

@@ -134,3 +134,37 @@ def test_two_replicas_equal_one_replica_other_variants(variant):
     # Not TRADES: its attack starts from Gaussian noise seeded per replica, so the examples of a
     # 1-replica and a 2-replica run differ by design (random_start does not switch it off).
     assert_same_training(run(1, variant=variant, epochs=1), run(2, variant=variant, epochs=1))
+
+
+def test_three_replicas_train_and_evaluate_uneven_batches_like_one_device(tmp_path):
+    """3 logical CPUs (a subprocess: this process has 2): training's final evaluation on 127
+    examples (43 + 42 + 42) finishes, and `--mode=eval` on its export gives one device's masks."""
+    import json
+
+    from tests.helpers_train import run_main
+
+    fast = ["--flagfile=flags/smoke.cfg", "--epochs=1", "--num_steps=2", "--eval_num_steps=2"]
+    workdir = tmp_path / "run"
+    result = run_main(
+        *fast, "--num_cpu_replicas=3", "--batch_size=63", "--eval_examples=127",
+        f"--workdir={workdir}", "--verbose=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(workdir / "results.json") as f:
+        test = json.load(f)["test"]
+    assert round(test["global/clean_accuracy"] * 127, 4) % 1 == 0  # a count over 127 examples
+    reports = []
+    for replicas in (1, 3):
+        out = tmp_path / f"eval{replicas}"
+        result = run_main(
+            "--mode=eval", f"--model={workdir}/export", "--dataset=digits",
+            f"--workdir={out}", f"--num_cpu_replicas={replicas}", "--eval_examples=127",
+            "--eval_batch_size=20", "--eval_attacks=fgsm_linf,pgd20_linf", "--verbose=0",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(out / "report.json") as f:
+            reports.append(json.load(f))
+    one, three = reports
+    assert three["clean_accuracy"] == one["clean_accuracy"]
+    for name in ("fgsm_linf", "pgd20_linf"):
+        assert three["attacks"][name]["accuracy"] == one["attacks"][name]["accuracy"], name
