@@ -14,6 +14,7 @@ starts (stateless, seeded by seed, step and replica) need no state beyond the st
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -22,12 +23,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import distribute
+from generalist_tf import distribute, files
 
 CHECKPOINTS = "checkpoints"
 # Fault injection for the resume tests: "kill_in_save:N" SIGKILLs this process during its N-th
 # save, after the data files are written and before the save is committed; "kill_after_step:N"
-# SIGKILLs it right after global step N (not a checkpoint step in general).
+# SIGKILLs it right after global step N (not a checkpoint step in general); "disk_full_in_save:N"
+# makes the N-th save fail as a full disk does, after its data files are written.
 FAULT_ENV = "GENERALIST_TF_FAULT"
 
 
@@ -102,21 +104,53 @@ class Manager:
         latest = None if restart_worker else tf.train.latest_checkpoint(self.shared_directory)
         if latest is None:
             return 0
+        # All or nothing: a checkpoint of another network (a shape differs: ValueError, or a
+        # variable is missing: AssertionError) or a damaged one (OpError) is refused in one line.
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
+            _silence_unrestored_value_warnings()
+            reason = (
+                f"it is damaged ({type(e).__name__})"
+                if isinstance(e, tf.errors.OpError)
+                else "it does not match this model (another --model, width, depth or learners "
+                "wrote it)"
+            )
             raise ValueError(
-                f"checkpoint {latest} cannot be restored ({type(e).__name__}); pass --restart to "
-                "start over (the old checkpoints are kept aside)"
+                f"checkpoint {latest} cannot be restored: {reason}; pass --restart to start over "
+                "(the old checkpoints are kept aside)"
             ) from None
         logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
 
+    def _committed(self, prefix: str) -> bool:
+        state = tf.train.get_checkpoint_state(self.directory)
+        names = [os.path.basename(p) for p in state.all_model_checkpoint_paths] if state else []
+        return os.path.basename(prefix) in names
+
     def save(self, step: int) -> str:
         """Saves the state after global `step` and commits it; drops checkpoints beyond `keep`."""
         self.step.assign(step)
-        path = self.checkpoint.write(os.path.join(self.directory, f"ckpt-{step}"))
+        prefix = os.path.join(self.directory, f"ckpt-{step}")
         self.saves += 1
+        try:
+            path = self.checkpoint.write(prefix)
+            _maybe_fault("disk_full_in_save", self.saves)
+        except (tf.errors.OpError, OSError) as e:
+            # Nothing of an uncommitted checkpoint stays: neither TensorFlow's `<prefix>_temp`
+            # staging directory nor data files of this step that the state file does not name.
+            # The committed checkpoints before it are untouched.
+            leftovers = tf.io.gfile.glob(prefix + "_temp*")
+            if not self._committed(prefix):
+                leftovers += tf.io.gfile.glob(prefix + ".*")
+            for leftover in leftovers:
+                if tf.io.gfile.isdir(leftover):
+                    tf.io.gfile.rmtree(leftover)
+                else:
+                    tf.io.gfile.remove(leftover)
+            if files.is_disk_full(e):
+                raise files.DiskFullError(prefix) from None
+            raise
         _maybe_fault("kill_in_save", self.saves)
         # Names relative to the directory: a moved or copied workdir still resumes from its own
         # files, not from the place it was written in.
@@ -145,9 +179,27 @@ class Manager:
 
 def _maybe_fault(point: str, count: int) -> None:
     fault = os.environ.get(FAULT_ENV, "")
+    if fault == f"{point}:{count}" and point == "disk_full_in_save":
+        raise OSError(errno.ENOSPC, "No space left on device (fault injection)")
     if fault == f"{point}:{count}":
         logging.warning("fault injection %s: killing this process", fault)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# What TensorFlow logs when a partly restored checkpoint object is garbage-collected (often at
+# exit, after our one-line error): the restore error already says it all.
+_UNRESTORED_WARNINGS = (
+    "Detecting that an object or model or tf.train.Checkpoint is being deleted",
+    "Value in checkpoint could not be found in the restored object",
+    "An attribute in the restored object could not be found in the checkpoint",
+)
+
+
+def _silence_unrestored_value_warnings() -> None:
+    """Drops TensorFlow's deferred unrestored-value warnings from here on (a failed restore)."""
+    tf.get_logger().addFilter(
+        lambda record: not str(record.getMessage()).startswith(_UNRESTORED_WARNINGS)
+    )
 
 
 class _Saver(keras.callbacks.Callback):

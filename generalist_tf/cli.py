@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from absl import flags
 
+from generalist_tf import files
+
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines all flags on `flag_values` (the global FLAGS by default)."""
@@ -245,6 +247,5 @@ def write_flags(flag_values: flags.FlagValues, path: str) -> None:
     The file is a flagfile: `--flagfile=<path>` repeats the run (convention: provenance).
     """
     lines = [flag_values[name].serialize() for name in flag_names()]
-    with open(path, "w") as f:
-        f.write("# Resolved flags of this run; repeat it with --flagfile=<this file>.\n")
-        f.write("\n".join(line for line in lines if line) + "\n")
+    header = "# Resolved flags of this run; repeat it with --flagfile=<this file>.\n"
+    files.write_text(path, header + "\n".join(line for line in lines if line) + "\n")

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
-from generalist_tf import attacks, data, learners, models, schedules, variants
+from generalist_tf import attacks, data, learners, models, schedules, tf_config, variants
 
 MODES = ("train", "eval")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -136,6 +136,7 @@ def from_flags(values: Mapping[str, Any]) -> Config:
             )
     _require(v["mode"] in MODES, f"--mode must be one of {MODES}, got {v['mode']!r}")
     _require(bool(v["workdir"]), "--workdir is required")
+    tf_config.parse()  # the environment's cluster description, before any work
     _require(data.is_known_dataset(v["dataset"]), _unknown_dataset(v["dataset"]))
     if v["mode"] == "train":
         if models.is_user_model(v["model"]):

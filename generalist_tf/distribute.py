@@ -11,14 +11,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import multiworker
+from generalist_tf import multiworker, tf_config
 
 
 def configure_cpu_replicas(num_replicas: int) -> None:
@@ -46,22 +43,33 @@ def configure_cpu_replicas(num_replicas: int) -> None:
 
 def is_multi_worker() -> bool:
     """Whether `TF_CONFIG` describes a cluster with more than one worker."""
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    return len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1
+    cluster = tf_config.parse()
+    return cluster is not None and cluster.is_multi_worker
+
+
+def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
+        # An unknown host raises URLError (an OSError) from the metadata lookup; an address
+        # with no TPU behind it raises an op error from the gRPC connection.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"--tpu={tpu}: cannot connect to the TPU ({reason})") from None
 
 
 def make_strategy(*, num_cpu_replicas: int = 1, tpu: str | None = None) -> tf.distribute.Strategy:
     """The strategy for this process (see the module docstring for the order of choice).
 
     Raises:
+      ValueError: `--tpu` names no reachable TPU.
       ValueError: `--num_cpu_replicas` > 1 with a multi-worker `TF_CONFIG` (each worker trains
         one replica on its CPU; the flag would be ignored).
     """
     if tpu:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+        return _tpu_strategy(tpu)
     if is_multi_worker():
         if num_cpu_replicas > 1:
             raise ValueError(
@@ -93,21 +101,15 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def task_name() -> str:
     """This process's `TF_CONFIG` task as `<type>-<index>` (e.g. `worker-1`), or `local`."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task")
-    return f"{task.get('type', 'worker')}-{task.get('index', 0)}" if task else "local"
+    cluster = tf_config.parse()
+    return cluster.task_name if cluster is not None else "local"
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes TensorBoard, checkpoints and exports (worker 0 / chief)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not is_multi_worker():
+    if getattr(strategy, "cluster_resolver", None) is None or not is_multi_worker():
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (
-        task_type == "worker"
-        and task_id == 0
-        and "chief" not in json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
-    )
+    return tf_config.parse().is_chief
 
 
 def eval_strategy(strategy: tf.distribute.Strategy | None) -> tf.distribute.Strategy | None:

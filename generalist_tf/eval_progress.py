@@ -23,6 +23,8 @@ import shutil
 import numpy as np
 from absl import logging
 
+from generalist_tf import files
+
 DIRECTORY = "eval_progress"
 MANIFEST = "manifest.json"
 # The model's fingerprint is its logits on this many examples (rounded against float noise).
@@ -58,7 +60,7 @@ class Progress:
         if recorded != key:
             shutil.rmtree(self.root, ignore_errors=True)
             os.makedirs(self.root, exist_ok=True)
-            _write_json(manifest, {"fingerprint": key})
+            files.write_json(manifest, {"fingerprint": key})
         elif recorded is not None:
             logging.info("resuming the evaluation recorded in %s", self.root)
 
@@ -79,9 +81,8 @@ class Progress:
 
     def save_batch(self, run: str, index: int, mask: np.ndarray) -> None:
         path = os.path.join(self._run_dir(run), f"{index}.npy")
-        staging = path + ".tmp.npy"
-        np.save(staging, np.asarray(mask, bool))
-        os.replace(staging, path)
+        with files.staged(path) as staging:
+            np.save(staging, np.asarray(mask, bool))
 
     def seconds(self, run: str) -> float:
         """Seconds spent on `run` by earlier sessions (0 if none recorded)."""
@@ -94,16 +95,9 @@ class Progress:
     def add_seconds(self, run: str, seconds: float) -> float:
         """Adds this session's `seconds` to `run`'s record; returns the total."""
         total = self.seconds(run) + seconds
-        _write_json(os.path.join(self._run_dir(run), "seconds.json"), {"seconds": total})
+        files.write_json(os.path.join(self._run_dir(run), "seconds.json"), {"seconds": total})
         return total
 
     def finish(self) -> None:
         """The report is written: the records are no longer needed."""
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _write_json(path: str, value) -> None:
-    staging = path + ".tmp"
-    with open(staging, "w") as f:
-        json.dump(value, f)
-    os.replace(staging, path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 from typing import Callable
@@ -37,6 +36,7 @@ from generalist_tf import (
     distribute,
     eval_progress,
     fab,
+    files,
     reporting,
     robust_attacks,
     square_l2,
@@ -786,12 +786,9 @@ def write_outputs(
     workdir: str, report: dict, curves: dict, descriptions: dict, *, tensorboard: bool = True
 ) -> None:
     """Writes report.json, report.md, the curves (JSON and PNGs) and the TensorBoard scalars."""
-    with open(os.path.join(workdir, REPORT_JSON), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(workdir, REPORT_MD), "w") as f:
-        f.write(markdown_report(report, descriptions))
-    with open(os.path.join(workdir, CURVE_JSON), "w") as f:
-        json.dump(curves, f, indent=2)
+    files.write_json(os.path.join(workdir, REPORT_JSON), report, indent=2)
+    files.write_text(os.path.join(workdir, REPORT_MD), markdown_report(report, descriptions))
+    files.write_json(os.path.join(workdir, CURVE_JSON), curves, indent=2)
     for norm, curve in curves.items():
         plot_epsilon_curve(curve, norm, os.path.join(workdir, curve_png(norm)))
     if tensorboard:
@@ -1030,7 +1027,8 @@ def plot_epsilon_curve(curve: dict, norm: str, path: str) -> None:
     )
     axes.plot(curve["epsilons"], [100 * a for a in curve["accuracies"]], marker="o")
     axes.set_ylim(0, 100)
-    figure.savefig(path)
+    with files.staged(path) as staging:
+        figure.savefig(staging)
 
 
 def plot_tradeoff(
@@ -1065,7 +1063,8 @@ def plot_tradeoff(
     # A legend beside the axes, not labels beside the points: close points would print over
     # each other, and a legend inside the axes would hide some.
     axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    figure.savefig(path, bbox_inches="tight")
+    with files.staged(path) as staging:
+        figure.savefig(staging, bbox_inches="tight")
 
 
 def write_summaries(report: dict, curves: dict, logdir: str, step: int = 0) -> None:

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from generalist_tf import files
+
 SIGNATURE = "serving_default"
 
 
@@ -68,6 +70,10 @@ def export_saved_model(network, build_network, path: str) -> None:
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)
+    except Exception as e:
+        if files.is_disk_full(e):
+            raise files.DiskFullError(path) from None
+        raise
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
@@ -87,15 +93,8 @@ def export_keras(network, path: str) -> None:
     imported (our one custom layer, `BatchNorm`, is registered there), giving the same logits
     as the SavedModel, and unlike the SavedModel it can be trained further.
     """
-    parent = os.path.dirname(path) or "."
-    handle, staging = tempfile.mkstemp(prefix=".export-", suffix=".keras", dir=parent)
-    os.close(handle)
-    try:
+    with files.staged(path) as staging:
         network.save(staging, overwrite=True)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
 
 
 def load_serving(path: str):

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 
 from absl import flags
+
+from generalist_tf import files
 
 # Flags that say where and how loudly a run works, not what it measures.
 NOT_COMPARED = frozenset({"workdir", "verbose", "restart", "final_eval", "data_dir", "mode"})
@@ -91,12 +92,7 @@ def upsert(path: str, entry: dict) -> None:
     entries = [e for e in read(path) if (e["label"], e["seed"]) != (entry["label"], entry["seed"])]
     entries.append(entry)
     entries.sort(key=lambda e: (e["label"], e["seed"]))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ledger-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"runs": entries}, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    files.write_json(path, {"runs": entries}, indent=1, sort_keys=True)
 
 
 def commit() -> str:

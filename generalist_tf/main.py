@@ -18,11 +18,25 @@ from generalist_tf import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 FLAGS_RECORD = "flags.cfg"
+CHECKPOINT_STATE = os.path.join("checkpoints", "checkpoint")  # names the latest checkpoint
 
 
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _disk_full(config, error: BaseException) -> None:
+    """The one line for a full disk: what failed, and that finished files survived."""
+
+    path = getattr(error, "path", None) or getattr(error, "filename", None)
+    if path is None:
+        path = str(error).strip().splitlines()[0][:200]
+    _fail(
+        f"no space left on the device of --workdir={config.workdir} (writing {path}); the "
+        "finished checkpoints and exports are kept: free space and rerun the same command to "
+        "resume"
+    )
 
 
 def _quiet_library_logs() -> None:
@@ -36,15 +50,21 @@ def _quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_OursOrWarnings())
 
 
-def _prepare_workdir(workdir: str) -> None:
+def _prepare_workdir(config) -> None:
+    from generalist_tf import files
+
+    probe = os.path.join(config.workdir, f".write-test-{os.getpid()}")
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+        os.makedirs(config.workdir, exist_ok=True)
         with open(probe, "w") as f:
             f.write("ok")
-        os.remove(probe)
     except OSError as e:
-        _fail(f"--workdir={workdir} cannot be written ({e.strerror})")
+        if files.is_disk_full(e):
+            _disk_full(config, files.DiskFullError(config.workdir))
+        _fail(f"--workdir={config.workdir} cannot be written ({e.strerror})")
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
 
 
 def _accept_workdir(config):
@@ -96,15 +116,88 @@ def main(argv):
         # Op determinism (plus our seeded data and stateless attacks): a resumed run is
         # bit-identical to an uninterrupted one.
         tf.config.experimental.enable_op_determinism()
-    _prepare_workdir(config.workdir)
-    lock = _accept_workdir(config)
-    cli.write_flags(FLAGS, os.path.join(config.workdir, FLAGS_RECORD))
+    _prepare_workdir(config)
+    from generalist_tf import files
 
+    lock = None
+    records = _read_records(config.workdir)
+    try:
+        strategy = _strategy(config)
+        lock = _accept_workdir(config)
+        cli.write_flags(FLAGS, os.path.join(config.workdir, FLAGS_RECORD))
+        try:
+            _run(config, strategy)
+        except Exception as e:  # noqa: BLE001 -- only a full disk is handled; the rest re-raised
+            if not files.is_disk_full(e):
+                raise
+            _disk_full(config, e)
+    except BaseException:
+        if lock is not None:  # the records are ours to restore only while we hold the workdir
+            _restore_records(config.workdir, records)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    logging.info("done: %s", config.workdir)
+
+
+def _read_records(workdir_path: str) -> dict[str, bytes | None]:
+    """The files that describe the run (and its latest checkpoint), as they are now."""
+    from generalist_tf import workdir
+
+    contents = {}
+    for name in (FLAGS_RECORD, workdir.FINGERPRINT, CHECKPOINT_STATE):
+        try:
+            with open(os.path.join(workdir_path, name), "rb") as f:
+                contents[name] = f.read()
+        except OSError:
+            contents[name] = None
+    return contents
+
+
+def _restore_records(workdir_path: str, before: dict[str, bytes | None]) -> None:
+    """After a failed run that committed no checkpoint, puts back the records it replaced.
+
+    So `flags.cfg` and `experiment.json` keep describing what the workdir holds: a rerun with
+    another --model that the old checkpoint refuses leaves them as they were.
+    """
+    from generalist_tf import files
+
+    now = _read_records(workdir_path)
+    if now[CHECKPOINT_STATE] != before[CHECKPOINT_STATE]:
+        return  # the run committed a checkpoint: the new records describe it
+    for name, content in before.items():
+        if now[name] == content:
+            continue
+        path = os.path.join(workdir_path, name)
+        try:
+            if content is None:
+                os.remove(path)
+            else:
+                with files.staged(path) as staging, open(staging, "wb") as f:
+                    f.write(content)
+        except OSError as e:  # e.g. the disk is full: the record stays as the run wrote it
+            logging.warning("could not restore %s: %s", path, e)
+
+
+def _strategy(config):
+    """The training strategy (None for evaluation), checked before the workdir is accepted."""
+    if config.mode != "train":
+        return None
+    from generalist_tf import train
+
+    try:
+        return train.make_strategy(config)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def _run(config, strategy) -> None:
     from generalist_tf import callbacks, data, train
 
     try:
         if config.mode == "train":
-            results = train.train(config)
+            results = train.train(config, strategy)
             print(results["table"])
         else:
             from generalist_tf import evaluate
@@ -113,10 +206,6 @@ def main(argv):
             print(report["table"])
     except (ValueError, data.DataError, callbacks.TrainingDivergedError) as e:
         _fail(str(e))
-    finally:
-        if lock is not None:
-            lock.release()
-    logging.info("done: %s", config.workdir)
 
 
 def _parse_flags(argv):

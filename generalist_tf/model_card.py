@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 
-from generalist_tf import learners, reporting
+from generalist_tf import files, learners, reporting
 
 CARD = "MODEL_CARD.md"
 
@@ -151,8 +151,4 @@ def render(
 
 def write(export_dir: str, text: str) -> None:
     """Writes `export_dir/MODEL_CARD.md` atomically (a reader never sees half a card)."""
-    path = os.path.join(export_dir, CARD)
-    staging = path + ".tmp"
-    with open(staging, "w") as f:
-        f.write(text)
-    os.replace(staging, path)
+    files.write_text(os.path.join(export_dir, CARD), text)

@@ -6,7 +6,6 @@ checkpoints and TensorBoard; evaluates on the test split; exports G; writes `res
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -19,6 +18,7 @@ from generalist_tf import (
     data,
     distribute,
     export,
+    files,
     generalist,
     model_card,
     models,
@@ -129,7 +129,26 @@ def _labels(model: generalist.Generalist, best_epoch: int, emas: bool) -> dict[s
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-def train(config: Config) -> dict:
+def make_strategy(config: Config):
+    """The run's strategy, with the batch checked against its replica count.
+
+    `main` calls it before the workdir is accepted, so a bad `--tpu`, `TF_CONFIG` or batch
+    split is refused before any file of the run is written.
+
+    Raises:
+      ValueError: the TPU cannot be reached, or `--batch_size` does not split over the replicas.
+    """
+    strategy = distribute.make_strategy(num_cpu_replicas=config.num_cpu_replicas, tpu=config.tpu)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"--batch_size={config.batch_size} does not split evenly over the {replicas} replicas "
+            f"(--num_cpu_replicas or the local GPUs); use a multiple of {replicas}"
+        )
+    return strategy
+
+
+def train(config: Config, strategy=None) -> dict:
     """Trains, evaluates and exports one run under the `--precision` dtype policy.
 
     With bf16/fp16 the networks compute in half precision while their variables, the EMA/G
@@ -145,7 +164,7 @@ def train(config: Config) -> dict:
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(POLICIES[distribute.resolve_precision(config.precision)])
     try:
-        return _train(config)
+        return _train(config, strategy or make_strategy(config))
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
 
@@ -169,18 +188,11 @@ def _check_steps_per_execution(config: Config, steps_per_epoch: int, offset: int
         )
 
 
-def _train(config: Config) -> dict:
-    strategy = distribute.make_strategy(num_cpu_replicas=config.num_cpu_replicas, tpu=config.tpu)
+def _train(config: Config, strategy) -> dict:
     chief = distribute.is_chief(strategy)
     logging.info(
         "strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync
     )
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"--batch_size={config.batch_size} does not split evenly over the {replicas} replicas "
-            f"(--num_cpu_replicas or the local GPUs); use a multiple of {replicas}"
-        )
     arrays = data.load(
         config.dataset, data_dir=config.data_dir, train_examples=config.train_examples
     )
@@ -340,7 +352,6 @@ def _train(config: Config) -> dict:
         write_card(EXPORT_BEST, report, report["table"])
         table += "\n\nAttack suite on the exported G (test split):\n" + report["table"]
     if chief:
-        with open(os.path.join(config.workdir, RESULTS), "w") as f:
-            json.dump(results, f, indent=2)
+        files.write_json(os.path.join(config.workdir, RESULTS), results, indent=2)
     results["table"] = table
     return results

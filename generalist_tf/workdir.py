@@ -21,6 +21,8 @@ import os
 import socket
 from typing import Mapping
 
+from generalist_tf import files, tf_config
+
 FINGERPRINT = "experiment.json"
 LOCK = ".lock"
 # Flags that do not change what a run trains (how it runs, logs, or evaluates after training):
@@ -96,11 +98,9 @@ def check_fingerprint(workdir: str, current: dict[str, str], *, restart: bool) -
 
 
 def write_fingerprint(workdir: str, current: dict[str, str]) -> None:
-    path = os.path.join(workdir, FINGERPRINT)
-    staging = path + ".tmp"
-    with open(staging, "w") as f:
-        json.dump({"flags": current}, f, indent=1, sort_keys=True)
-    os.replace(staging, path)
+    files.write_json(
+        os.path.join(workdir, FINGERPRINT), {"flags": current}, indent=1, sort_keys=True
+    )
 
 
 class RunLock:
@@ -143,15 +143,8 @@ class RunLock:
 
 def is_multiworker_follower(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether this process is a non-chief worker of a multi-worker `TF_CONFIG` cluster."""
-    try:
-        tf_config = json.loads(environ.get("TF_CONFIG", "") or "{}")
-    except ValueError:
-        return False  # reported by the strategy set-up
-    task = tf_config.get("task", {})
-    cluster = tf_config.get("cluster", {})
-    if "chief" in cluster:
-        return task.get("type") != "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) != 0
+    cluster = tf_config.parse(environ)  # checked (one-line errors) by `config.from_flags`
+    return cluster is not None and cluster.is_multi_worker and not cluster.is_chief
 
 
 def holds_training_run(workdir: str) -> bool:

@@ -46,9 +46,13 @@ def two_replica_strategy() -> tf.distribute.MirroredStrategy:
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-def run_main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m generalist_tf.main ARGS` from the repository root, output captured."""
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+def run_main(
+    *args: str, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m generalist_tf.main ARGS` from the repository root, output captured; `env`
+    adds to (or, with None values, removes from) the environment."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "generalist_tf.main", *args],
         cwd=ROOT,

@@ -32,8 +32,8 @@ def _install_dump(path: str) -> None:
         built.append(build_generalist(*args, **kwargs))
         return built[-1]
 
-    def dumping_train(config):
-        results = train_fn(config)
+    def dumping_train(config, strategy=None):
+        results = train_fn(config, strategy)
         _dump(built[-1], path)
         return results
 

@@ -59,6 +59,7 @@ def test_a_missing_optional_dependency_is_reported_before_any_work(monkeypatch):
 def test_a_batch_that_does_not_split_over_the_replicas_is_refused(tmp_path):
     result = run_main(*FAST, f"--workdir={tmp_path}", "--num_cpu_replicas=2", "--batch_size=63")
     assert_one_line_error(result, "--batch_size=63 does not split evenly over the 2 replicas")
+    assert os.listdir(tmp_path) == []  # refused before the run's files (flags.cfg, ...)
 
 
 @pytest.mark.parametrize("overrides, message", CONFIG_CASES)
@@ -184,11 +185,17 @@ def snapshot(directory):
     return out
 
 
-def test_nan_loss_stops_keeps_checkpoint_and_export(finished_run, tmp_path):
+def copy_of(run, tmp_path):
+    """A copy of `run` to break: the module's finished run stays intact for the next test."""
     import shutil
 
     workdir = tmp_path / "copy"
-    shutil.copytree(finished_run, workdir)
+    shutil.copytree(run, workdir)
+    return workdir
+
+
+def test_nan_loss_stops_keeps_checkpoint_and_export(finished_run, tmp_path):
+    workdir = copy_of(finished_run, tmp_path)
     export_before = snapshot(workdir / "export")
     # A new experiment in the finished run's workdir (--restart): epoch 1 trains at a sane
     # learning rate (its checkpoint is written), epoch 2 at 1e12 diverges.
@@ -208,16 +215,29 @@ def test_nan_loss_stops_keeps_checkpoint_and_export(finished_run, tmp_path):
 
 
 def test_corrupt_checkpoint_is_reported_and_export_kept(finished_run, tmp_path):
-    import shutil
-
-    workdir = tmp_path / "copy"
-    shutil.copytree(finished_run, workdir)
+    workdir = copy_of(finished_run, tmp_path)
     export_before = snapshot(workdir / "export")
     for index in (workdir / checkpoints.CHECKPOINTS).glob("ckpt-*.index"):
         index.write_bytes(b"garbage")
     result = run_main(*FAST, f"--workdir={workdir}")
     assert_one_line_error(result, "cannot be restored", "--restart")
     assert snapshot(workdir / "export") == export_before
+
+
+def test_a_checkpoint_of_another_model_is_refused_whole_and_the_records_kept(
+    finished_run, tmp_path
+):
+    """No experiment record (a workdir from before records, or checkpoints copied in): the
+    restore itself must refuse another network in one line, and put flags.cfg back."""
+    workdir = copy_of(finished_run, tmp_path)
+    (workdir / "experiment.json").unlink()
+    before = snapshot(workdir)
+    result = run_main(*FAST, f"--workdir={workdir}", "--model=preact_resnet18")
+    assert_one_line_error(result, "ckpt-19 cannot be restored: it does not match this model")
+    assert "Value in checkpoint could not be found" not in result.stderr
+    after = snapshot(workdir)
+    after.pop(".lock", None), before.pop(".lock", None)
+    assert after == before  # flags.cfg still describes the model that was trained
 
 
 def test_steps_per_execution_must_divide_every_fit():
@@ -286,3 +306,94 @@ def test_a_surrogate_of_another_shape_is_refused_before_any_attack(finished_run,
         f"--workdir={tmp_path / 'eval'}",
     )
     assert_one_line_error(result, f"--surrogate={surrogate} takes images of shape 10x10x1")
+
+
+def test_an_unreachable_tpu_is_refused_in_one_line_before_any_file(tmp_path):
+    # `.invalid` never resolves (RFC 2606), so the lookup fails at once, offline or not.
+    result = run_main(*FAST, f"--workdir={tmp_path}", "--tpu=no-such-tpu.invalid")
+    assert_one_line_error(result, "--tpu=no-such-tpu.invalid: cannot connect to the TPU")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_malformed_tf_config_is_refused_in_one_line_before_any_file(tmp_path):
+    bad = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 5}}'
+    result = run_main(*FAST, f"--workdir={tmp_path}", env={"TF_CONFIG": bad})
+    assert_one_line_error(result, "TF_CONFIG=", "task index 5 is outside")
+    assert not tmp_path.exists() or os.listdir(tmp_path) == []
+
+
+def leftovers(directory):
+    """Temporary files a failed write could leave: TF's `_temp` checkpoints, our staging names."""
+    names = []
+    for root, dirs, files_ in os.walk(directory):
+        for name in dirs + files_:
+            if "_temp" in name or ".staging-" in name or name.startswith((".export-", ".retired-")):
+                names.append(os.path.join(root, name))
+    return names
+
+
+def test_a_full_disk_in_a_checkpoint_keeps_the_finished_run(finished_run, tmp_path):
+    """Simulated (runs everywhere): the first save of a --restart fails as a full disk does,
+    after its data files are written."""
+    workdir = copy_of(finished_run, tmp_path)
+    export_before = snapshot(workdir / "export")
+    result = run_main(
+        *FAST,
+        f"--workdir={workdir}",
+        "--restart",
+        env={checkpoints.FAULT_ENV: "disk_full_in_save:1"},
+    )
+    assert_one_line_error(result, "no space left on the device of --workdir=", "ckpt-19")
+    assert snapshot(workdir / "export") == export_before
+    # The failed checkpoint is gone entirely (data files and staging), nothing else left.
+    assert not list((workdir / checkpoints.CHECKPOINTS).glob("ckpt-*")), os.listdir(
+        workdir / checkpoints.CHECKPOINTS
+    )
+    assert leftovers(workdir) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real small file system (tmpfs); skipped where mounting is not permitted."""
+    import subprocess
+
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+
+    def mount(size_kib: int):
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+        return mount_point
+
+    yield mount
+    subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_keeps_the_finished_run_and_leaves_no_temporary_files(
+    finished_run, small_tmpfs
+):
+    """A real full disk: the finished run, copied onto a tmpfs with 300 KiB to spare, is run
+    again; re-exporting it fails for space."""
+    import shutil
+
+    used = sum(len(v) for v in snapshot(finished_run).values()) // 1024
+    disk = small_tmpfs(used + 1024)
+    workdir = disk / "run"
+    shutil.copytree(finished_run, workdir)
+    free_kib = shutil.disk_usage(disk).free // 1024
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * (free_kib - 300) * 1024)
+    before = snapshot(workdir)
+    result = run_main(*FAST, f"--workdir={workdir}")
+    assert_one_line_error(result, f"no space left on the device of --workdir={workdir}")
+    after = snapshot(workdir)
+    for record in (".lock", "flags.cfg"):  # the lock and this invocation's resolved flags
+        after.pop(record, None), before.pop(record, None)
+    assert after == before  # checkpoints, exports, results, reports, events: all as they were
+    assert any(name.startswith("export/") for name in after)
+    assert leftovers(disk) == []

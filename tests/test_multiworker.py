@@ -177,7 +177,9 @@ def test_shim_reduces_scalar_logs_that_upstream_rejects():
 
 def test_cpu_replicas_cannot_be_combined_with_multiple_workers(monkeypatch):
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    )
     assert distribute.is_multi_worker()
     with pytest.raises(ValueError, match="--num_cpu_replicas=2 cannot be combined"):
         distribute.make_strategy(num_cpu_replicas=2)
