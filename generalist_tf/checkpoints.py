@@ -179,11 +179,12 @@ class Manager:
 
 def _maybe_fault(point: str, count: int) -> None:
     fault = os.environ.get(FAULT_ENV, "")
-    if fault == f"{point}:{count}" and point == "disk_full_in_save":
+    if fault != f"{point}:{count}":
+        return
+    if point == "disk_full_in_save":
         raise OSError(errno.ENOSPC, "No space left on device (fault injection)")
-    if fault == f"{point}:{count}":
-        logging.warning("fault injection %s: killing this process", fault)
-        os.kill(os.getpid(), signal.SIGKILL)
+    logging.warning("fault injection %s: killing this process", fault)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # What TensorFlow logs when a partly restored checkpoint object is garbage-collected (often at

@@ -107,9 +107,10 @@ def task_name() -> str:
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes TensorBoard, checkpoints and exports (worker 0 / chief)."""
-    if getattr(strategy, "cluster_resolver", None) is None or not is_multi_worker():
+    cluster = tf_config.parse()
+    if getattr(strategy, "cluster_resolver", None) is None or cluster is None:
         return True
-    return tf_config.parse().is_chief
+    return not cluster.is_multi_worker or cluster.is_chief
 
 
 def eval_strategy(strategy: tf.distribute.Strategy | None) -> tf.distribute.Strategy | None:

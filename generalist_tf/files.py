@@ -67,6 +67,12 @@ def write_text(path: str, text: str) -> None:
         f.write(text)
 
 
+def write_bytes(path: str, content: bytes) -> None:
+    """Writes `content` to `path` through `staged`."""
+    with staged(path) as staging, open(staging, "wb") as f:
+        f.write(content)
+
+
 def write_json(path: str, value, **dump_options) -> None:
     """Writes `value` as JSON (plus a final newline) to `path` through `staged`."""
     write_text(path, json.dumps(value, **dump_options) + "\n")

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from generalist_tf import cli  # noqa: E402
+from generalist_tf import cli, files  # noqa: E402
 
 FLAGS = flags.FLAGS
 FLAGS_RECORD = "flags.cfg"
@@ -28,8 +28,7 @@ def _fail(message: str) -> None:
 
 def _disk_full(config, error: BaseException) -> None:
     """The one line for a full disk: what failed, and that finished files survived."""
-
-    path = getattr(error, "path", None) or getattr(error, "filename", None)
+    path = getattr(error, "filename", None)  # set by OSError, and so by files.DiskFullError
     if path is None:
         path = str(error).strip().splitlines()[0][:200]
     _fail(
@@ -51,8 +50,6 @@ def _quiet_library_logs() -> None:
 
 
 def _prepare_workdir(config) -> None:
-    from generalist_tf import files
-
     probe = os.path.join(config.workdir, f".write-test-{os.getpid()}")
     try:
         os.makedirs(config.workdir, exist_ok=True)
@@ -117,8 +114,6 @@ def main(argv):
         # bit-identical to an uninterrupted one.
         tf.config.experimental.enable_op_determinism()
     _prepare_workdir(config)
-    from generalist_tf import files
-
     lock = None
     records = _read_records(config.workdir)
     try:
@@ -161,8 +156,6 @@ def _restore_records(workdir_path: str, before: dict[str, bytes | None]) -> None
     So `flags.cfg` and `experiment.json` keep describing what the workdir holds: a rerun with
     another --model that the old checkpoint refuses leaves them as they were.
     """
-    from generalist_tf import files
-
     now = _read_records(workdir_path)
     if now[CHECKPOINT_STATE] != before[CHECKPOINT_STATE]:
         return  # the run committed a checkpoint: the new records describe it
@@ -174,8 +167,7 @@ def _restore_records(workdir_path: str, before: dict[str, bytes | None]) -> None
             if content is None:
                 os.remove(path)
             else:
-                with files.staged(path) as staging, open(staging, "wb") as f:
-                    f.write(content)
+                files.write_bytes(path, content)
         except OSError as e:  # e.g. the disk is full: the record stays as the run wrote it
             logging.warning("could not restore %s: %s", path, e)
 
