@@ -1,4 +1,4 @@
-"""Keras callbacks of Generalist training: the weight mixing and the choice of the best G.
+"""Keras callbacks of Generalist training: the mixing schedule, the choice of the best G, NaNs.
 
 Keras epochs are 0-indexed; the paper's schedules are in 1-indexed epochs, so epoch `e` below is
 always `keras_epoch + 1`.
@@ -15,25 +15,18 @@ from generalist_tf import schedules
 
 
 class GeneralistCallback(keras.callbacks.Callback):
-    """Mixes the learners into the global learner and redistributes it (Generalist, Alg. 1).
+    """Hands the epoch's schedule values to the model's per-step mixing and logs them (Alg. 1).
 
     Contract:
-      * Hooks: `on_epoch_begin` fixes the epoch's mixing weights w_i(e) and whether it is a
-        communication epoch; `on_train_batch_end` (after every step with
-        `steps_per_execution=1`, see below) calls `model.update_global(w)`, which updates every
-        learner's EMA and then G <- d*G + (1-d) * sum_i w_i EMA_i, with d = min(alpha, (k+1)/(k+10));
-        in a communication epoch it then calls `model.redistribute()` (mode `every_batch`), or
-        once at `on_epoch_end` (mode `once_per_period`).
-      * Reads: all floating weights of every learner's network, BatchNorm moving statistics
-        included. Writes: the EMA networks, G and, when redistributing, the learners' networks
-        (their optimizer state is kept).
-      * Assumes: `model` is a `generalist.Generalist` whose networks share one architecture and
-        variable order; the arithmetic runs in compiled cross-replica functions.
+      * `on_epoch_begin` computes the epoch's mixing weights w_i(e) and whether it is a
+        communication epoch, and hands them to `model.set_schedule`; every `train_step` of the
+        epoch then runs the EMA of each learner, the interpolation into G and, in a
+        communication epoch with mode `every_batch`, the redistribution (`generalist`: steps
+        2-4, for any `steps_per_execution`). With mode `once_per_period` the redistribution
+        runs once, at `on_epoch_end`. `on_train_end` turns the per-step mixing off again.
       * Logs: `mixing/<learner>` weights, `communication/redistributions` per epoch and the
         `learning_rate`, added to the epoch logs so TensorBoard records them.
-      * With `steps_per_execution` > 1 (`model.mix_in_step`): `on_epoch_begin` hands the weights
-        and the communication flag to `model.set_mixing`, and `train_step` mixes after every step
-        (mode `every_batch`; `once_per_period` still redistributes here at the epoch's end).
+      * Assumes: `model` is a `generalist.Generalist`.
 
     Args:
       mixing: per-learner weight schedules (`schedules.PiecewiseLinear`), summing to 1.
@@ -50,41 +43,43 @@ class GeneralistCallback(keras.callbacks.Callback):
         self._weights = None
         self._communicating = False
         self._every_batch = False
-        self._redistributions = 0
+        self._steps = 0
+
+    def schedule(self, epoch: int, learner_names) -> tuple[list[float], bool, bool]:
+        """The schedule values of 1-indexed `epoch`: the weights w_i(e), whether it is a
+        communication epoch, and whether every one of its steps redistributes (`every_batch`)."""
+        weights = schedules.mixing_weights(self.mixing, learner_names, epoch, self.epochs)
+        communicating = self.communication is not None and (
+            self.communication.is_communication_epoch(epoch, self.epochs)
+        )
+        every_batch = communicating and self.communication.mode == "every_batch"
+        return weights, communicating, every_batch
 
     def on_epoch_begin(self, epoch, logs=None):
-        e = epoch + 1
-        self._weights = schedules.mixing_weights(
-            self.mixing, self.model.learner_names, e, self.epochs
+        self._weights, self._communicating, self._every_batch = self.schedule(
+            epoch + 1, self.model.learner_names
         )
-        self._communicating = self.communication is not None and (
-            self.communication.is_communication_epoch(e, self.epochs)
-        )
-        self._redistributions = 0
-        self._every_batch = self._communicating and self.communication.mode == "every_batch"
-        if self.model.mix_in_step:
-            self.model.set_mixing(self._weights, self._every_batch)
+        self._steps = 0
+        self.model.set_schedule(self._weights, self._every_batch)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.model.mix_in_step:
-            # train_step mixed after each of the steps up to `batch` (this epoch's fit).
-            self._redistributions = batch + 1 if self._every_batch else 0
-            return
-        self.model.update_global(self._weights)
-        if self._every_batch:
-            self.model.redistribute()
-            self._redistributions += 1
+        # With steps_per_execution N, Keras reports once per N steps with the last step's index.
+        self._steps = batch + 1
 
     def on_epoch_end(self, epoch, logs=None):
+        redistributions = self._steps if self._every_batch else 0
         if self._communicating and self.communication.mode == "once_per_period":
             self.model.redistribute()
-            self._redistributions += 1
+            redistributions = 1
         if logs is not None:
             for name, weight in zip(self.model.learner_names, self._weights):
                 logs[f"mixing/{name}"] = weight
-            logs["communication/redistributions"] = self._redistributions
+            logs["communication/redistributions"] = redistributions
             optimizer = self.model.learners[0].optimizer
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+    def on_train_end(self, logs=None):
+        self.model.stop_mixing()
 
 
 CLEAN_KEY = "val_global/clean_accuracy"

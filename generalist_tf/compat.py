@@ -1,13 +1,21 @@
 """Workarounds for Keras / TensorFlow behaviour that the algorithm should not have to know about.
 
-Each entry names the upstream code it works around and has a test in `tests/test_compat.py`
-that reproduces the upstream behaviour on a plain Keras model, so the test fails (and says to
-delete the workaround) once upstream changes.
+Every Keras/TF workaround of the package lives here (Keras 3.15.1, TF 2.21):
+  * `KerasLoopFixes`: a `keras.Model` mixin: N training steps per call without Keras' N-step
+    loop (keras-team/keras#19246), evaluation one step per call, Keras' pre-loop build from
+    replica 0's slice of the first batch (`first_replica_batch`).
+  * `MultiWorkerMirroredStrategy`: a strategy whose `reduce` takes what Keras passes it
+    (tensorflow/tensorflow#72388).
+
+Each names the upstream code it works around and has a test (`tests/test_compat.py`,
+`tests/test_multiworker.py`) that reproduces the upstream behaviour on a plain Keras model, so
+the test fails (and says to delete the workaround) once upstream changes.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+from keras.src.backend.tensorflow import trainer as keras_trainer
 
 
 def first_replica_batch(iterator, strategy: tf.distribute.Strategy):
@@ -34,3 +42,108 @@ def first_replica_batch(iterator, strategy: tf.distribute.Strategy):
         return value
 
     return tf.nest.map_structure(local, batch)
+
+
+class KerasLoopFixes:
+    """Mixin (before `keras.Model` in the bases) for models trained under `MirroredStrategy`.
+
+    * `make_train_function`: with `steps_per_execution` N > 1, N steps unrolled in one call.
+      Keras' own N-step loop (a `tf.while_loop` over a `tf.cond` around `strategy.run`) fails
+      under a multi-replica `MirroredStrategy` with "You must feed a value for placeholder
+      tensor 'while/cond/Placeholder'" for any model (keras-team/keras#19246), and with an
+      infinite dataset it runs N steps in the last call of an epoch even when fewer remain.
+      This loop calls the same one-step function N times with no control flow around it; the
+      steps of every `fit` must be a multiple of N (`train.py` checks).
+    * `evaluate_one_step`: Keras' `evaluate` with `steps_per_execution` 1 (the same upstream
+      bug), also when `fit` validates through it.
+    * `_maybe_symbolic_build`: Keras' pre-loop build from replica 0's slice of the first batch
+      (`first_replica_batch`).
+    """
+
+    def make_train_function(self, force=False):
+        if self.steps_per_execution == 1:
+            return super().make_train_function(force)
+        if self.train_function is not None and not force:
+            return self.train_function
+        strategy = self.distribute_strategy
+        steps = int(self.steps_per_execution)
+
+        def one_step(data):
+            logs = strategy.run(self.train_step, args=(data,))
+            return keras_trainer.reduce_per_replica(logs, strategy, reduction="auto")
+
+        @tf.function
+        def multi_step(iterator):
+            for _ in range(steps):
+                logs = one_step(next(iterator))
+            return logs
+
+        self.train_function = multi_step
+        return multi_step
+
+    def evaluate_one_step(self, *args, **kwargs):
+        """`keras.Model.evaluate` with one step per call, whatever `steps_per_execution` is."""
+        saved, self.steps_per_execution = self.steps_per_execution, 1
+        # `fit` builds its validation iterator (Keras' private `_eval_epoch_iterator`) with N
+        # before calling evaluate; left at N it would hand one batch per N to a one-step function.
+        cached = getattr(self, "_eval_epoch_iterator", None)
+        if cached is not None:
+            cached.steps_per_execution = 1
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.steps_per_execution = saved
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and self._distribute_strategy is not None:
+            data_batch = first_replica_batch(iterator, self.distribute_strategy)
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+# --- multi-worker `fit` ----------------------------------------------------------------------
+# Under `MultiWorkerMirroredStrategy` (MWMS) Keras' TensorFlow trainer reduces through
+# `strategy.reduce` (`keras/src/backend/tensorflow/trainer.py`, `reduce_per_replica` and
+# `_maybe_symbolic_build`); with `MirroredStrategy` it takes a local path instead. Two of those
+# calls pass values that `Strategy.reduce` rejects, so `fit` fails before its first step:
+#
+# 1. `_maybe_symbolic_build` reduces the first batch, a tuple `(x, y)` of `PerReplica`, with
+#    `strategy.reduce("MEAN", batch, axis=None)`. `reduce` takes one value, not a nest:
+#    "Attempt to convert a value (PerReplica:{...}) with an unsupported type (<class
+#    '...PerReplica'>) to a Tensor".
+# 2. `reduce_per_replica(..., "auto")` reduces every step's logs (scalar metric results) with
+#    `strategy.reduce("MEAN", v, axis=0)`: "Invalid reduction dimension 0 for input with 0
+#    dimensions" (tensorflow/tensorflow#72388).
+#
+# `MultiWorkerMirroredStrategy.reduce` below maps over nests and reduces a rank-0 value across
+# replicas only (`axis=None`): for scalar logs that is the mean over replicas, what Keras' local
+# path computes (`tf.reduce_mean(local_results, axis=0)`). It changes only calls that raise
+# upstream. Delete the class (and use `tf.distribute.MultiWorkerMirroredStrategy` in
+# `distribute.make_strategy`) once `tests/test_multiworker.py` passes without it.
+
+
+def _scalar_axis(value, axis):
+    """`axis`, or None for a rank-0 value (there is no batch axis to reduce within a replica)."""
+    if axis is None:
+        return None
+    components = value.values if isinstance(value, tf.distribute.DistributedValues) else [value]
+    if all(getattr(c, "shape", None) is not None and c.shape.rank == 0 for c in components):
+        return None
+    return axis
+
+
+class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """`tf.distribute.MultiWorkerMirroredStrategy` whose `reduce` accepts nests and scalars.
+
+    Keras still recognises it (`isinstance` checks), so every other multi-worker code path of
+    `fit`, `evaluate` and `predict` is unchanged. See the module docstring for the two errors.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        """`Strategy.reduce` applied to each leaf of `value`; rank-0 leaves use `axis=None`."""
+        parent = super().reduce
+        return tf.nest.map_structure(
+            lambda v: parent(reduce_op, v, axis=_scalar_axis(v, axis)),
+            value,
+            expand_composites=False,
+        )

@@ -2,7 +2,7 @@
 
 * `--tpu=ADDRESS`: `TPUStrategy` (documented, not tested on this project's CPU machines).
 * `TF_CONFIG` describing more than one worker: `MultiWorkerMirroredStrategy`, one process per
-  worker (`multiworker.MultiWorkerMirroredStrategy`, with the shims Keras 3.15 `fit` needs).
+  worker (`compat.MultiWorkerMirroredStrategy`, with the shims Keras 3.15 `fit` needs).
   Every worker runs the same command on the same `--workdir` (a shared file system); worker 0
   (or the `chief` task) writes TensorBoard, checkpoints and exports.
 * otherwise `MirroredStrategy` over the local GPUs, or over `--num_cpu_replicas` logical CPU
@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import multiworker, tf_config
+from generalist_tf import compat, tf_config
 
 
 def configure_cpu_replicas(num_replicas: int) -> None:
@@ -76,7 +76,7 @@ def make_strategy(*, num_cpu_replicas: int = 1, tpu: str | None = None) -> tf.di
                 f"--num_cpu_replicas={num_cpu_replicas} cannot be combined with a multi-worker "
                 "TF_CONFIG: each worker trains one replica per GPU, or one on its CPU"
             )
-        return multiworker.MultiWorkerMirroredStrategy()
+        return compat.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])

@@ -1,16 +1,19 @@
 """The Generalist parent model: owns the base learners and the global learner G.
 
-One `fit()` drives every learner (the Keras GAN/distiller pattern): `train_step` runs each
-learner's own `train_step` on the same global batch. The weight mixing itself (EMAs, G,
-redistribution) is done by `callbacks.GeneralistCallback` through `update_global` and
-`redistribute`, compiled functions called in cross-replica context. `test_step` evaluates G and
-every learner's EMA on clean and PGD inputs; `call` is G, the only network that is served.
+One `fit()` drives every learner (the Keras GAN/distiller pattern). `train_step` is the whole
+per-step path of Alg. 1, for any `steps_per_execution`:
 
-With `steps_per_execution` N > 1 Keras runs N train steps in one compiled loop and calls the
-callback once per N steps, too late for a per-step EMA. Then (`mix_in_step`) the callback
-only sets the epoch's coefficients and communication flag (`set_mixing`) and `train_step` itself
-runs the same `update_global` / `redistribute` arithmetic after every step, in cross-replica
-context through `merge_call`: the same numbers as N = 1.
+  1. every base learner takes its own step on the same global batch (`learners`);
+  2. the EMA of each learner: EMA_i <- d EMA_i + (1-d) theta_i, d = min(alpha, (k+1)/(k+10));
+  3. the interpolation into G: G <- d G + (1-d) sum_i w_i(e) EMA_i;
+  4. in a communication epoch, the redistribution: theta_i <- G.
+
+Steps 2-4 run in cross-replica context (`merge_call`), so an assign to a mirrored variable
+updates every replica with the same value. The schedule values they read, w_i(e) and whether
+this epoch redistributes, are handed over once per epoch by `callbacks.GeneralistCallback`
+(`set_schedule`); until then (a bare `train_step`, a timing loop) steps 2-4 are off.
+`test_step` evaluates G and every learner's EMA on clean and PGD inputs; `call` is G, the only
+network that is served.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Sequence
 
 import keras
 import tensorflow as tf
-from keras.src.backend.tensorflow import trainer as keras_trainer
 
 from generalist_tf import callbacks as callbacks_lib
 from generalist_tf import compat, mixing
@@ -29,8 +31,8 @@ GLOBAL = "global"
 BEST = "best"
 
 
-class Generalist(keras.Model):
-    """Base learners + global learner.
+class Generalist(compat.KerasLoopFixes, keras.Model):
+    """Base learners + global learner (Keras' loops as fixed by `compat.KerasLoopFixes`).
 
     Args:
       learners: the base learners, built in the same strategy scope, all starting from the same
@@ -73,12 +75,13 @@ class Generalist(keras.Model):
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
         self.best_score = keras.Variable(-1.0, dtype="float32", trainable=False, name="best_score")
         self.best_epoch = keras.Variable(0, dtype="int64", trainable=False, name="best_epoch")
-        # The epoch's mixing weights and communication flag for in-step mixing; the callback
-        # sets them at every epoch start, so they need no checkpoint.
+        # The epoch's schedule values read by steps 2-4 of `train_step`; the callback sets them
+        # at every epoch start (`set_schedule`), so they need no checkpoint.
+        self._mixing_on = tf.Variable(False, trainable=False, name="mixing_on")
         self._coefficients = tf.Variable(
             tf.zeros([len(learners)]), trainable=False, name="mixing_coefficients"
         )
-        self._communicating = tf.Variable(False, trainable=False, name="communicating")
+        self._redistributing = tf.Variable(False, trainable=False, name="redistributing")
         self._evaluate_best = False
         self._evaluate_emas = True
         self._eval_metrics = {}
@@ -88,7 +91,7 @@ class Generalist(keras.Model):
                 "clean_accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_clean"),
                 "pgd_accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_pgd"),
             }
-        self._update_global = tf.function(self._update_global_fn)
+        self._mix = tf.function(self._mix_fn)
         self._redistribute = tf.function(self._redistribute_fn)
         self._save_best = tf.function(self._save_best_fn)
         # Every network was built by its functional constructor; nothing is left to build.
@@ -184,12 +187,6 @@ class Generalist(keras.Model):
         return copy
 
     @property
-    def mix_in_step(self) -> bool:
-        """Whether `train_step` mixes after every step: `compile(steps_per_execution=N > 1)`,
-        where the callback runs once per N steps and only calls `set_mixing` each epoch."""
-        return self.steps_per_execution > 1
-
-    @property
     def learners(self) -> list[BaseLearner]:
         return [getattr(self, f"learner_{name}") for name in self.learner_names]
 
@@ -223,83 +220,31 @@ class Generalist(keras.Model):
         return learner_metrics + eval_metrics
 
     def train_step(self, data):
-        """Every learner takes one step on the same batch (Generalist, Alg. 1: inner loop)."""
+        """One step of Alg. 1's inner loop: every learner's step, then the weight updates."""
         logs = {}
-        for learner in self.learners:
+        for learner in self.learners:  # step 1: each base learner on the same batch
             for key, value in learner.train_step(data).items():
                 logs[f"{learner.name}/{key}"] = value
-        if self.mix_in_step:
-            # After the learners' updates, as the callback's on_train_batch_end would.
-            tf.distribute.get_replica_context().merge_call(lambda _: self._mix_step_fn())
+        # Steps 2-4 after the learners' updates, once per global step, in cross-replica context.
+        tf.distribute.get_replica_context().merge_call(lambda _: self._scheduled_mix_fn())
         return logs
-
-    def make_train_function(self, force=False):
-        """Keras' train function; with `steps_per_execution` N > 1, N steps unrolled in one call.
-
-        Keras 3.15's own N-step loop (a `tf.while_loop` over a `tf.cond` around `strategy.run`)
-        fails under a multi-replica `MirroredStrategy` with "You must feed a value for
-        placeholder tensor 'while/cond/Placeholder'" for any model (keras-team/keras#19246;
-        reproduced here with a one-layer model on 2 logical CPUs), and with an infinite dataset
-        it runs N steps in the last call of an epoch even when fewer remain. This loop calls the
-        same one-step function N times with no control flow around it; `train.py` requires the
-        steps of every `fit` to be a multiple of N.
-        """
-        if self.steps_per_execution == 1:
-            return super().make_train_function(force)
-        if self.train_function is not None and not force:
-            return self.train_function
-        strategy = self.distribute_strategy
-        steps = int(self.steps_per_execution)
-
-        def one_step(data):
-            logs = strategy.run(self.train_step, args=(data,))
-            return keras_trainer.reduce_per_replica(logs, strategy, reduction="auto")
-
-        @tf.function
-        def multi_step(iterator):
-            for _ in range(steps):
-                logs = one_step(next(iterator))
-            return logs
-
-        self.train_function = multi_step
-        return multi_step
 
     def evaluate(self, *args, return_dict=False, **kwargs):
         """`keras.Model.evaluate`, one batch per call, each number over the whole split.
 
-        Keras' N-step evaluation loop hits keras-team/keras#19246 under `MirroredStrategy`;
-        evaluation (validation included, which `fit` runs through here) is cheap next to
-        training, so it keeps Keras' one-step path.
+        One step per call (`compat.KerasLoopFixes.evaluate_one_step`: Keras' N-step loop hits
+        keras-team/keras#19246); evaluation, validation included, is cheap next to training.
 
         Keras returns the mean over replicas of each replica's own running result, which
         weighs the replicas equally: wrong when a batch splits unevenly (a partial last batch,
         64 + 63 examples). The metrics' state is summed over replicas when read in
         cross-replica context, so their results, read here, are the one-device numbers.
         """
-        logs = self._evaluate_one_step(*args, return_dict=True, **kwargs)
+        logs = self.evaluate_one_step(*args, return_dict=True, **kwargs)
         for prefix in self.evaluated_networks():
             for key, metric in self._eval_metrics[prefix].items():
                 logs[f"{prefix}/{key}"] = float(metric.result())
         return logs if return_dict else self._flatten_metrics_in_order(logs)
-
-    def _evaluate_one_step(self, *args, **kwargs):
-        saved, self.steps_per_execution = self.steps_per_execution, 1
-        # `fit` builds its validation iterator (Keras' private `_eval_epoch_iterator`) with N
-        # before calling here; left at N it would hand one batch per N to a one-step function.
-        cached = getattr(self, "_eval_epoch_iterator", None)
-        if cached is not None:
-            cached.steps_per_execution = 1
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self.steps_per_execution = saved
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras' pre-loop build, from replica 0's slice of the first batch (`compat`)."""
-        if iterator is not None and self._distribute_strategy is not None:
-            data_batch = compat.first_replica_batch(iterator, self.distribute_strategy)
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def test_step(self, data):
         """Loss, clean and PGD accuracy of G and of each learner's EMA (inference mode)."""
@@ -326,44 +271,57 @@ class Generalist(keras.Model):
         seed = tf.constant([self.seed, 0x5EED], tf.int64)
         return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int64))
 
-    # --- weight mixing, called by the callback in cross-replica context ------------------------
-    def update_global(self, coefficients: Sequence[float]) -> None:
-        """EMA of every learner, then G <- d*G + (1-d) * sum_i w_i EMA_i (one call per step)."""
-        self._update_global(tf.constant(coefficients, tf.float32))
+    # --- steps 2-4 of Alg. 1: the weight updates after the learners' steps ----------------------
+    def set_schedule(self, coefficients: Sequence[float], redistributing: bool) -> None:
+        """The epoch's weights w_i(e) and whether each of its steps ends with a redistribution;
+        from now on every `train_step` runs steps 2-4 (`callbacks.GeneralistCallback`)."""
+        self._coefficients.assign(tf.constant(coefficients, tf.float32))
+        self._redistributing.assign(bool(redistributing))
+        self._mixing_on.assign(True)
+
+    def stop_mixing(self) -> None:
+        """`train_step` runs the learners' steps only (step 1), as before any `set_schedule`."""
+        self._mixing_on.assign(False)
+
+    def mix(self, coefficients: Sequence[float], redistribute: bool = False) -> None:
+        """Steps 2-4 once, outside `train_step` (tests, tools): EMAs, G, optionally theta_i <- G."""
+        self._mix(tf.constant(coefficients, tf.float32), tf.constant(bool(redistribute)))
 
     def redistribute(self) -> None:
-        """theta_i <- G for every learner: weights and BN statistics; optimizer state is kept."""
+        """Step 4 alone: theta_i <- G for every learner, weights and BN statistics; the
+        optimizer state is kept (`--communication_mode=once_per_period` calls it per epoch)."""
         self._redistribute()
-
-    def set_mixing(self, coefficients: Sequence[float], communicating: bool) -> None:
-        """The epoch's weights w_i(e) and whether it redistributes every step (in-step mixing)."""
-        self._coefficients.assign(tf.constant(coefficients, tf.float32))
-        self._communicating.assign(bool(communicating))
 
     def save_best(self, score: float, epoch: int) -> None:
         """Copies G into `best_network` and records its validation score and (1-indexed) epoch."""
         self._save_best(tf.constant(score, tf.float32), tf.constant(epoch, tf.int64))
 
-    def _update_global_fn(self, coefficients):
+    def _scheduled_mix_fn(self):
+        """Steps 2-4 with the epoch's schedule values, if a schedule was handed over."""
+
+        def mix():
+            self._mix_fn(tf.convert_to_tensor(self._coefficients), self._redistributing)
+            return tf.constant(True)
+
+        tf.cond(tf.convert_to_tensor(self._mixing_on), mix, lambda: tf.constant(False))
+
+    def _mix_fn(self, coefficients, redistributing):
         decay = mixing.ema_decay(self.ema_updates, self.ema_alpha)
         ema_lists = []
-        for learner in self.learners:
+        for learner in self.learners:  # step 2: the EMA of each learner
             emas = mixing.mixable_weights(learner.ema_network)
             mixing.ema_update(emas, mixing.mixable_weights(learner.network), decay)
             ema_lists.append(emas)
+        # Step 3: the interpolation of the EMAs into G, with the same d.
         mixed = mixing.interpolate(ema_lists, coefficients)
         mixing.ema_update(mixing.mixable_weights(self.global_network), mixed, decay)
         self.ema_updates.assign_add(1)
 
-    def _mix_step_fn(self):
-        """One step's mixing in cross-replica context: EMA and G, then redistribution if on."""
-        self._update_global_fn(tf.convert_to_tensor(self._coefficients))
-
-        def redistribute():
+        def redistribute():  # step 4, in a communication epoch
             self._redistribute_fn()
             return tf.constant(True)
 
-        tf.cond(tf.convert_to_tensor(self._communicating), redistribute, lambda: tf.constant(False))
+        tf.cond(tf.convert_to_tensor(redistributing), redistribute, lambda: tf.constant(False))
 
     def _redistribute_fn(self):
         global_weights = mixing.mixable_weights(self.global_network)

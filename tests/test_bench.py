@@ -1,6 +1,6 @@
 """The bench's machinery in its tiny mode: every number present and sane, ratios consistent.
 
-Timings belong to `python -m generalist_tf.bench`: no test here asserts a timing target, only that
+Timings belong to `python -m generalist_tf.experiments.bench`: no test here asserts a timing target, only that
 each reported ratio is the ratio of the reported times, that each target flag agrees with its
 value, and that the cost model counts FLOPs as derived by hand.
 """
@@ -13,12 +13,12 @@ import keras
 import pytest
 from absl import flags
 
-from generalist_tf import bench
+from generalist_tf.experiments import bench
 
 HEADLINE_KEYS = (
     "pgd_speedup_vs_cleverhans",
     "generalist_d_over_pgd_at",
-    "callback_fraction",
+    "mixing_fraction",
     "pipeline_over_training",
     "two_replicas_over_one",
     "resnet18_forward_gflops",

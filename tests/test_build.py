@@ -124,19 +124,31 @@ def imports_of(path: str) -> tuple[set[str], set[str]]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
-            if node.module in (PACKAGE, "tests"):
+            if node.module.split(".")[0] in (PACKAGE, "tests"):
+                # `from a.b import c`: the module a/b/c if there is one, else a/b's own.
                 names = [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
         for name in names:
             top = name.split(".")[0]
-            if name == PACKAGE:
-                local.add(f"{PACKAGE}/__init__")
-            elif top in (PACKAGE, "tests"):
-                local.add("/".join(name.split(".")[:2]))
+            if top in (PACKAGE, "tests"):
+                local.add(repository_module(name))
             elif top not in sys.stdlib_module_names and top != "__future__":
                 third_party.add(top)
     return local, third_party
+
+
+def repository_module(dotted: str) -> str:
+    """The module file (relative, without `.py`) that importing `dotted` loads last: the longest
+    prefix that is a module (`a/b/c`) or a package (`a/b/__init__`)."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        path = "/".join(parts[:n])
+        if os.path.isfile(os.path.join(ROOT, f"{path}.py")):
+            return path
+        if os.path.isfile(os.path.join(ROOT, path, "__init__.py")):
+            return f"{path}/__init__"
+    return "/".join(parts)  # reported as missing by `missing_deps`
 
 
 def module_files() -> list[str]:
@@ -289,6 +301,26 @@ def test_every_test_file_has_a_py_test(targets, owners):
         assert f":{conftest}" in rule.attrs["deps"], f":{name} must depend on :{conftest}"
         if "manual" in rule.attrs.get("tags", []):
             assert entirely_slow(path), f":{name} is tagged manual but has fast tests"
+
+
+def test_the_library_never_imports_the_experiment_drivers():
+    """`generalist_tf.experiments` sits on top: no other module of the package imports it."""
+    drivers = f"{PACKAGE}/experiments/"
+    offenders = [
+        f"{path} imports {module.replace('/', '.')}"
+        for path in module_files()
+        if not path.startswith(drivers)
+        for module in imports_of(path)[0]
+        if module.startswith(drivers)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_imports_resolve_to_modules_and_packages():
+    assert repository_module("generalist_tf.experiments.bench") == "generalist_tf/experiments/bench"
+    assert repository_module("generalist_tf.experiments") == "generalist_tf/experiments/__init__"
+    assert repository_module("generalist_tf.data.train_dataset") == "generalist_tf/data"
+    assert repository_module("generalist_tf") == "generalist_tf/__init__"
 
 
 def test_interpreter_rejects_what_it_does_not_understand():

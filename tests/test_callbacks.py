@@ -1,4 +1,5 @@
-"""The Generalist callback on known weights: EMA, interpolation, exact 0/1, redistribution."""
+"""The per-step mixing on known weights (EMA, interpolation, exact 0/1, redistribution) and the
+callbacks that schedule it and keep the best G."""
 
 import keras
 import numpy as np
@@ -18,8 +19,8 @@ def bn_network():
     return keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(x))
 
 
-def build_model(alpha=0.999):
-    attack = learners.Attack("linf", 0.1, 0.05, 1)
+def build_model(alpha=0.999, random_start=True):
+    attack = learners.Attack("linf", 0.1, 0.05, 1, random_start=random_start)
     base = []
     for task in TASKS:
         learner = learners.LEARNERS[task](bn_network(), bn_network(), attack=attack)
@@ -64,7 +65,7 @@ def test_ema_and_three_learner_interpolation(count):
     theta = [values(learner.network) for learner in model.learners]
     ema = [values(learner.ema_network) for learner in model.learners]
     g = values(model.global_network)
-    model.update_global(coefficients)
+    model.mix(coefficients)
     d = min(0.999, (count + 1) / (count + 10))
     for i, learner in enumerate(model.learners):
         expected = [d * e + (1 - d) * t for e, t in zip(ema[i], theta[i])]
@@ -89,7 +90,7 @@ def test_weights_zero_and_one_are_exact(one):
     set_known_weights(model, rng)
     coefficients = [0.0, 0.0, 0.0]
     coefficients[one] = 1.0
-    model.update_global(coefficients)
+    model.mix(coefficients)
     # With alpha = 0 every EMA equals its learner, and G equals the chosen learner exactly.
     for got, want in zip(values(model.global_network), values(model.learners[one].network)):
         np.testing.assert_array_equal(got, want)
@@ -111,48 +112,81 @@ def test_redistribution_copies_g_including_bn_and_keeps_momentum():
             np.testing.assert_array_equal(m.numpy(), 0.5)
 
 
-class _Spy:
-    """Records on which (1-indexed epoch, batch) `redistribute` runs."""
-
-    def __init__(self, model):
-        self.calls, self.epoch, self.batch = [], 0, 0
-        original = model.redistribute
-
-        def spy():
-            self.calls.append((self.epoch, self.batch))
-            original()
-
-        model.redistribute = spy
+def tiny_dataset(steps, batch=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(steps * batch, *SHAPE)).astype(np.float32)
+    y = rng.integers(0, CLASSES, size=steps * batch)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
 
 
-@pytest.mark.parametrize("mode", ["every_batch", "once_per_period"])
-def test_redistribution_happens_exactly_in_communication_epochs(mode):
+class _Recorder(keras.callbacks.Callback):
+    """After each epoch: whether every learner equals G bit for bit, and the epoch's logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.equal, self.logs = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        g = values(self.model.global_network)
+        self.equal.append(
+            all(
+                all(np.array_equal(a, b) for a, b in zip(values(learner.network), g))
+                for learner in self.model.learners
+            )
+        )
+        self.logs.append(dict(logs))
+
+
+@pytest.mark.parametrize(
+    "mode, steps_per_execution",
+    [("every_batch", 1), ("every_batch", 3), ("once_per_period", 1)],
+)
+def test_fit_redistributes_exactly_in_communication_epochs(mode, steps_per_execution):
+    """Real training steps: G reaches the learners only in communication epochs, once per
+    step (every_batch) or once at the epoch's end, and every step updates the EMAs and G."""
     epochs, steps = 10, 3
     model = build_model()
-    spy = _Spy(model)
+    model.compile(steps_per_execution=steps_per_execution)
     mix = {t: constant(1 / 3) for t in TASKS}
     comm = schedules.Communication(start=0.5, period=2, mode=mode)
-    cb = callbacks.GeneralistCallback(mix, comm, epochs)
-    cb.set_model(model)
-    for epoch in range(epochs):
-        spy.epoch = epoch + 1
-        cb.on_epoch_begin(epoch)
-        for batch in range(steps):
-            spy.batch = batch + 1
-            cb.on_train_batch_end(batch)
-        spy.batch = "end"
-        logs = {}
-        cb.on_epoch_end(epoch, logs)
-        assert logs["communication/redistributions"] == len(
-            [c for c in spy.calls if c[0] == epoch + 1]
-        )
-    # start = 0.5 * 10 = epoch 5; period 2: epochs 6, 8, 10.
-    if mode == "every_batch":
-        expected = [(e, b) for e in (6, 8, 10) for b in range(1, steps + 1)]
-    else:
-        expected = [(e, "end") for e in (6, 8, 10)]
-    assert spy.calls == expected
+    recorder = _Recorder()
+    model.fit(
+        tiny_dataset(steps),
+        epochs=epochs,
+        steps_per_epoch=steps,
+        callbacks=[callbacks.GeneralistCallback(mix, comm, epochs), recorder],
+        verbose=0,
+    )
+    # start = 0.5 * 10 = epoch 5; period 2: epochs 6, 8, 10 end with theta_i = G.
+    assert recorder.equal == [e in (6, 8, 10) for e in range(1, epochs + 1)]
+    per_epoch = steps if mode == "every_batch" else 1
+    assert [logs["communication/redistributions"] for logs in recorder.logs] == [
+        per_epoch if e in (6, 8, 10) else 0 for e in range(1, epochs + 1)
+    ]
     assert int(model.ema_updates.numpy()) == epochs * steps
+    # The mixing is off after fit: a bare train step leaves G and the counter alone.
+    g = values(model.global_network)
+    model.train_step(next(iter(tiny_dataset(1))))
+    assert int(model.ema_updates.numpy()) == epochs * steps
+    for got, want in zip(values(model.global_network), g):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_train_step_runs_the_same_mixing_as_mix():
+    """A scheduled train step = the learners' steps, then `mix` with the epoch's values."""
+    rng = np.random.default_rng(11)
+    stepped, reference = build_model(random_start=False), build_model(random_start=False)
+    set_known_weights(stepped, rng)
+    for a, b in zip(stepped.weights, reference.weights):
+        b.assign(a)
+    batch = next(iter(tiny_dataset(1)))
+    stepped.set_schedule([0.2, 0.3, 0.5], redistributing=True)
+    stepped.train_step(batch)
+    reference.stop_mixing()
+    reference.train_step(batch)
+    reference.mix([0.2, 0.3, 0.5], redistribute=True)
+    for a, b in zip(stepped.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
 def test_callback_logs_schedule_values():
@@ -244,8 +278,7 @@ def test_mixing_under_two_replicas_keeps_replicas_identical():
     with strategy.scope():
         model = build_model()
     set_known_weights(model, np.random.default_rng(7))
-    model.update_global([0.2, 0.3, 0.5])
-    model.redistribute()
+    model.mix([0.2, 0.3, 0.5], redistribute=True)
     for network in [model.global_network] + [learner.network for learner in model.learners]:
         for w in mixing.mixable_weights(network):
             replicas = strategy.experimental_local_results(w.value)

@@ -34,7 +34,28 @@ def test_upstream_keras_still_merges_the_first_batch_with_an_elementwise_mean():
     else:
         pytest.fail(
             "Keras now evaluates an uneven first batch on 2 replicas: "
-            "remove compat.first_replica_batch and Generalist._maybe_symbolic_build"
+            "remove compat.first_replica_batch and KerasLoopFixes._maybe_symbolic_build"
+        )
+
+
+def test_upstream_keras_n_step_loop_still_fails_on_two_replicas():
+    """keras-team/keras#19246, worked around by `compat.KerasLoopFixes.make_train_function`."""
+    with two_replicas().scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        model.compile(
+            loss="sparse_categorical_crossentropy", optimizer="sgd", steps_per_execution=2
+        )
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((64, 4), np.float32), np.zeros(64, np.int32))
+    ).batch(16)
+    try:
+        model.fit(ds, epochs=1, verbose=0)
+    except tf.errors.InvalidArgumentError as error:
+        assert "Placeholder" in str(error)
+    else:
+        pytest.fail(
+            "Keras' N-step loop now trains on 2 replicas: remove "
+            "compat.KerasLoopFixes.make_train_function and evaluate_one_step"
         )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from generalist_tf import ledger, repro
+from generalist_tf.experiments import ledger, repro
 from tests import helpers_train
 from tests.helpers_train import ROOT
 
@@ -48,13 +48,16 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
         suite="digits",
         seeds=[0, 1],
         wall=12.0,
-        command="python -m generalist_tf.repro --test",
+        command="python -m generalist_tf.experiments.repro --test",
         ablation_runs=[ablation],
         jobs=2,
     )
     text = results.read_text()
     assert "| pgd_at |" in text and "| generalist_d |" in text
-    assert "Generalist-D vs PGD-AT" in text and "python -m generalist_tf.repro --test" in text
+    assert (
+        "Generalist-D vs PGD-AT" in text
+        and "python -m generalist_tf.experiments.repro --test" in text
+    )
     assert "## Exported G against the last G" in text and "Without checkpoint selection" in text
     assert "## Ablations" in text and f"| {what} |" in text
     assert "| generalist_d (as in the table above) |" in text

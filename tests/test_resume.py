@@ -121,7 +121,7 @@ def test_checkpoint_restores_every_learner_optimizer_ema_and_counter(tmp_path):
     stream = iter(data.train_dataset(arrays, batch_size=cfg.batch_size, seed=0))
     for _ in range(3):
         model.train_step(next(stream))
-        model.update_global([0.2, 0.4, 0.4])
+        model.mix([0.2, 0.4, 0.4])
     model.save_best(0.5, 2)
     saver = checkpoints.Manager(str(tmp_path), model, strategy=strategy)
     saver.restore_or_initialize()

@@ -1,6 +1,6 @@
 """Speed of one machine: PGD vs cleverhans, Generalist-D vs PGD-AT, mixing, input, replicas, FLOPs.
 
-Command:  python -m generalist_tf.bench [--quick] [--json=PATH]
+Command:  python -m generalist_tf.experiments.bench [--quick] [--json=PATH]
 Hardware: any; on a CPU-only machine the CPU is split into 2 logical devices at start (for the
   1-vs-2 replica row), on a GPU machine it runs unchanged (there `auto` means XLA).
 Expected time on the 2-core CPU of this project, shared with other jobs (load average 2-3):
@@ -12,8 +12,8 @@ Expected time on the 2-core CPU of this project, shared with other jobs (load av
 What is timed, on the digits CNN (batch 128) and on the CIFAR ResNet-18 (random 32x32x3 images,
 small batch): one PGD-10 l_inf call (ours under each compile policy, cleverhans as shipped and
 in `tf.function`); one compiled distributed train step of Generalist-D and of PGD-AT built by
-`train.build_generalist` from the same flagfile (Generalist-D with the mixing callback's
-`on_train_batch_end`, which is what training pays); the callback alone; on digits a real
+`train.build_generalist` from the same flagfile (Generalist-D with steps 2-4 of Alg. 1, the EMAs,
+G and the redistribution, on as in `fit`); those steps alone (`Generalist.mix`); on digits a real
 `model.fit` epoch against the input pipeline alone, and the Generalist-D step on 1 vs 2 replicas.
 
 Method, so that the numbers survive a loaded machine: every function is first called untimed
@@ -61,7 +61,7 @@ from generalist_tf import (  # noqa: E402
     train,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS_FLAGFILE = "flags/digits_common.cfg"
 CIFAR10_FLAGFILE = "flags/cifar10_common.cfg"
 DIGITS = "digits_cnn"
@@ -117,8 +117,8 @@ TARGETS = {
     "generalist_d_over_pgd_at": Target(
         "<=", 1.12, "Generalist-D step incl. mixing / PGD-AT step, same model, batch and K"
     ),
-    "callback_fraction": Target(
-        "<=", 0.03, "mixing callback / Generalist-D step incl. mixing (no communication)"
+    "mixing_fraction": Target(
+        "<=", 0.03, "EMAs + G alone / Generalist-D step incl. them (no communication)"
     ),
     "pipeline_over_training": Target(
         ">=", 10.0, "images/s of the input pipeline alone / of a Generalist-D fit epoch"
@@ -140,7 +140,7 @@ class Settings:
         samples interleave more finely than a few long ones, so load bursts hit variants alike.
       warmup: untimed calls per variant before the repeats (the first traces and compiles).
       number: calls per timed sample of a digits step or attack.
-      mixing_number: calls per timed sample of the mixing callback alone (a few ms a call).
+      mixing_number: calls per timed sample of steps 2-4 alone (a few ms a call).
       epoch_repeats: timed samples of the digits fit epoch and of the input pipeline.
       policies: compile policies of our PGD timed on digits.
       resnet18_batch_size: batch of the ResNet-18 rows; 0 skips them.
@@ -345,12 +345,17 @@ def make_strategy(devices: list[str]) -> tf.distribute.MirroredStrategy:
 
 @dataclasses.dataclass
 class Trainer:
-    """A Generalist model, its compiled distributed step, and its mixing callbacks."""
+    """A Generalist model, its compiled distributed step, and two epochs' schedule values.
+
+    `schedule` is a non-communication epoch's (weights w_i(e), redistributing) and
+    `schedule_communication` a communication epoch's (None if the run has none), as
+    `callbacks.GeneralistCallback` hands them to the model at the start of such an epoch.
+    """
 
     model: keras.Model
     step: Callable[[], object]
-    mixing: callbacks.GeneralistCallback
-    mixing_communication: callbacks.GeneralistCallback | None
+    schedule: tuple[list[float], bool]
+    schedule_communication: tuple[list[float], bool] | None
 
 
 def make_trainer(
@@ -370,42 +375,39 @@ def make_trainer(
     def step_on(it):
         return strategy.run(model.train_step, (next(it),))
 
-    def mixing_callback(epoch: int):
-        callback = callbacks.GeneralistCallback(cfg.mixing, cfg.communication, cfg.epochs)
-        callback.set_model(model)
-        callback.on_epoch_begin(epoch - 1)  # Keras epochs are 0-indexed.
-        return callback
+    callback = callbacks.GeneralistCallback(cfg.mixing, cfg.communication, cfg.epochs)
+    by_epoch = [callback.schedule(e, model.learner_names) for e in range(1, cfg.epochs + 1)]
 
-    communication = cfg.communication
-    epochs = range(1, cfg.epochs + 1)
-    communicating = [
-        e for e in epochs if communication and communication.is_communication_epoch(e, cfg.epochs)
-    ]
-    other = [e for e in epochs if e not in communicating]
-    return Trainer(
-        model,
-        functools.partial(step_on, iterator),
-        mixing_callback(other[0]),
-        mixing_callback(communicating[0]) if communicating else None,
-    )
+    def first(communicating: bool):
+        """The schedule of the first (non-)communication epoch, None if there is none."""
+        return next(((w, every) for w, c, every in by_epoch if c == communicating), None)
+
+    return Trainer(model, functools.partial(step_on, iterator), first(False), first(True))
 
 
-def with_mixing(step: Callable[[], object], callback) -> Callable[[], object]:
-    """A train step followed by the callback's per-step hook, as `fit` runs them."""
+def with_mixing(trainer: Trainer, schedule) -> Callable[[], object]:
+    """The train step with steps 2-4 of Alg. 1 on under `schedule` (as in an epoch of `fit`),
+    or, with `schedule=None`, step 1 alone (the learners' steps, no EMA, G or redistribution).
+
+    The schedule is handed over before every call (three variable assigns, well under 1 ms),
+    because the interleaved variants share one model.
+    """
 
     def run():
-        out = step()
-        callback.on_train_batch_end(0)
-        return out
+        if schedule is None:
+            trainer.model.stop_mixing()
+        else:
+            trainer.model.set_schedule(*schedule)
+        return trainer.step()
 
     return run
 
 
-def mixing_only(callback) -> Callable[[], None]:
-    """The callback's per-step hook alone (`update_global`, + `redistribute` when communicating)."""
+def mixing_only(trainer: Trainer, schedule) -> Callable[[], None]:
+    """Steps 2-4 alone (`Generalist.mix`: the EMAs, G, + the redistribution when on)."""
 
     def run():
-        callback.on_train_batch_end(0)
+        trainer.model.mix(*schedule)
 
     return run
 
@@ -574,10 +576,10 @@ def bench_steps(
     detail: bool,
     **timing,
 ) -> Trainer:
-    """Generalist-D vs PGD-AT steps, the mixing callback alone, and 1 vs 2 replicas.
+    """Generalist-D vs PGD-AT steps, the mixing (steps 2-4) alone, and 1 vs 2 replicas.
 
     All in one interleaved group, so every ratio compares times taken under the same load.
-    `detail` adds Generalist-D without its mixing and PGD-AT with its EMA callback.
+    `detail` adds Generalist-D without its mixing and PGD-AT with its EMA and G.
 
     Returns:
       The single-replica Generalist-D trainer (its model is reused for the fit epoch).
@@ -585,27 +587,29 @@ def bench_steps(
     devices = replica_devices()
     d = make_trainer(cfg_d, build_network, make_strategy(devices[:1]), batch, steps_per_epoch)
     at = make_trainer(cfg_at, build_network, make_strategy(devices[:1]), batch, steps_per_epoch)
-    variants = {"step/generalist_d": with_mixing(d.step, d.mixing), "step/pgd_at": at.step}
+    variants = {
+        "step/generalist_d": with_mixing(d, d.schedule),
+        "step/pgd_at": with_mixing(at, None),
+    }
     if detail:
-        variants["step/generalist_d_no_mixing"] = d.step
-        variants["step/pgd_at_with_ema"] = with_mixing(at.step, at.mixing)
-    if d.mixing_communication is not None:
-        variants["step/generalist_d_communication"] = with_mixing(d.step, d.mixing_communication)
+        variants["step/generalist_d_no_mixing"] = with_mixing(d, None)
+        variants["step/pgd_at_with_ema"] = with_mixing(at, at.schedule)
+    if d.schedule_communication is not None:
+        variants["step/generalist_d_communication"] = with_mixing(d, d.schedule_communication)
     if two_replicas:
         d2 = make_trainer(cfg_d, build_network, make_strategy(devices[:2]), batch, steps_per_epoch)
-        variants["step/generalist_d_2_replicas"] = with_mixing(d2.step, d2.mixing)
-    # The callback alone, in the same repeats; its calls are short, so more of them per sample.
-    variants["callback/mixing"] = mixing_only(d.mixing)
-    if d.mixing_communication is not None:
-        variants["callback/mixing_communication"] = mixing_only(d.mixing_communication)
+        variants["step/generalist_d_2_replicas"] = with_mixing(d2, d2.schedule)
+    # Steps 2-4 alone, in the same repeats; their calls are short, so more of them per sample.
+    variants["mixing/ema_and_global"] = mixing_only(d, d.schedule)
+    if d.schedule_communication is not None:
+        variants["mixing/with_redistribution"] = mixing_only(d, d.schedule_communication)
     number = {
-        name: mixing_number if name.startswith("callback/") else timing["number"]
-        for name in variants
+        name: mixing_number if name.startswith("mixing/") else timing["number"] for name in variants
     }
     rec.time(prefix, variants, **{**timing, "number": number})
 
     name = "" if prefix == DIGITS else f"{prefix}/"
-    step, callback = f"{prefix}/step", f"{prefix}/callback"
+    step, mix = f"{prefix}/step", f"{prefix}/mixing"
     rec.ratio(f"{name}generalist_d_over_pgd_at", f"{step}/generalist_d", f"{step}/pgd_at")
     if detail:
         rec.ratio(
@@ -618,11 +622,11 @@ def bench_steps(
             f"{step}/generalist_d",
             f"{step}/pgd_at_with_ema",
         )
-    rec.ratio(f"{name}callback_fraction", f"{callback}/mixing", f"{step}/generalist_d")
-    if d.mixing_communication is not None:
+    rec.ratio(f"{name}mixing_fraction", f"{mix}/ema_and_global", f"{step}/generalist_d")
+    if d.schedule_communication is not None:
         rec.ratio(
-            f"{name}callback_fraction_communication",
-            f"{callback}/mixing_communication",
+            f"{name}mixing_fraction_communication",
+            f"{mix}/with_redistribution",
             f"{step}/generalist_d_communication",
         )
     if two_replicas:
@@ -654,7 +658,7 @@ def bench_epoch(
 ) -> int:
     """Images per second of a real Generalist-D `fit` epoch vs the input pipeline alone.
 
-    Training: the second epoch of a 2-epoch `fit` with the mixing callback, timed from
+    Training: the second epoch of a 2-epoch `fit` with the schedule callback, timed from
     `on_epoch_begin` to `on_epoch_end`: a steady-state epoch of a long run (the iterator, which
     `fit` keeps across epochs, is already running; `fit`'s own set-up is not an epoch's cost).
     Input: `data.train_dataset` alone, one persistent iterator (the steady state `fit` sees),
@@ -669,13 +673,16 @@ def bench_epoch(
     model = trainer.model
     iterator = iter(stream)
 
+    # Epochs 1 and 2 of the run, schedules as in training (the callback hands them over).
+    mixing = callbacks.GeneralistCallback(cfg_d.mixing, cfg_d.communication, cfg_d.epochs)
+
     def fit_epoch() -> float:
         timer = EpochTimer()
         model.fit(
             stream,
             epochs=2,
             steps_per_epoch=steps,
-            callbacks=[trainer.mixing, timer],
+            callbacks=[mixing, timer],
             shuffle=False,  # The stream is already shuffled (and Keras warns otherwise).
             verbose=0,
         )
@@ -1077,11 +1084,11 @@ def format_table(result: dict) -> str:
             "  speedup vs cleverhans in tf.function", "pgd_speedup_vs_cleverhans_tf_function"
         ),
         "train step (compiled, distributed, 1 replica)",
-        time_row("  Generalist-D incl. mixing callback", "step/generalist_d"),
+        time_row("  Generalist-D incl. mixing (steps 2-4)", "step/generalist_d"),
         time_row("  Generalist-D without mixing", "step/generalist_d_no_mixing"),
         time_row("  Generalist-D, communication epoch", "step/generalist_d_communication"),
         time_row("  PGD-AT", "step/pgd_at"),
-        time_row("  PGD-AT incl. its EMA callback", "step/pgd_at_with_ema"),
+        time_row("  PGD-AT incl. its EMA and G", "step/pgd_at_with_ema"),
         ratio_row("  Generalist-D / PGD-AT", "generalist_d_over_pgd_at"),
         ratio_row("  Generalist-D w/o mixing / PGD-AT", "generalist_d_no_mixing_over_pgd_at"),
         ratio_row("  Generalist-D / PGD-AT incl. EMA", "generalist_d_over_pgd_at_with_ema"),
@@ -1092,11 +1099,11 @@ def format_table(result: dict) -> str:
                 f"{result['cost_model']['generalist_d_over_pgd_at_flops']:.3f}"
             ],
         ),
-        "mixing callback (on_train_batch_end)",
-        time_row("  update_global", "callback/mixing"),
-        time_row("  update_global + redistribute", "callback/mixing_communication"),
-        ratio_row("  share of the Generalist-D step", "callback_fraction"),
-        ratio_row("  share, communication epoch", "callback_fraction_communication"),
+        "mixing alone (Generalist.mix: steps 2-4 of Alg. 1)",
+        time_row("  EMAs + G", "mixing/ema_and_global"),
+        time_row("  EMAs + G + redistribution", "mixing/with_redistribution"),
+        ratio_row("  share of the Generalist-D step", "mixing_fraction"),
+        ratio_row("  share, communication epoch", "mixing_fraction_communication"),
         "replicas (reported only)",
         time_row("  Generalist-D on 2 logical devices", "step/generalist_d_2_replicas"),
         ratio_row("  2 replicas / 1 replica (time)", "two_replicas_over_one"),
@@ -1118,7 +1125,7 @@ def format_table(result: dict) -> str:
     ips = result["images_per_second"]
     lines += [
         row(
-            "  Generalist-D fit epoch (with callback)",
+            "  Generalist-D fit epoch (with mixing)",
             [f"{ips['digits_cnn/fit_generalist_d_epoch']:.0f}"],
         ),
         row("  input pipeline alone (steady state)", [f"{ips['digits_cnn/input_pipeline']:.0f}"]),

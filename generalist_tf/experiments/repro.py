@@ -1,6 +1,6 @@
 """Small-scale reproduction: every method x several seeds, evaluated alike, summarised in RESULTS.md.
 
-    python -m generalist_tf.repro --suite=digits --workdir=runs/repro
+    python -m generalist_tf.experiments.repro --suite=digits --workdir=runs/repro
 
 Trains each method from its flagfile (`flags/digits_<method>.cfg`; the `mnist` suite runs the
 same recipes on MNIST with the SmallCNN), evaluates the exported G of every run with the full
@@ -672,7 +672,7 @@ def run_plan(
     finished or collected here is written to it. With `train=False` nothing is trained: the result
     is the runs found (in `done` or the ledger), in plan order.
     """
-    from generalist_tf import ledger
+    from generalist_tf.experiments import ledger
 
     os.makedirs(root, exist_ok=True)
     start = time.time()
@@ -879,7 +879,7 @@ def main(argv):
     )
     if not finished:
         raise app.UsageError("no finished run to write results from (--notrain)")
-    command = "python -m generalist_tf.repro " + " ".join(
+    command = "python -m generalist_tf.experiments.repro " + " ".join(
         f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]}"
         for name in ("suite", "workdir", "seeds", "methods", "ablations", "ablation_seeds", "jobs")
     )
