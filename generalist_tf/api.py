@@ -28,10 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 import generalist_tf
-from generalist_tf import generalist, init_from, learners, optimizers, schedules
-from generalist_tf.learners import Attack
-from generalist_tf.schedules import Communication  # noqa: F401 (public: gtf.Communication)
-from generalist_tf.variants import CUSTOM, VARIANTS
+from generalist_tf import init_from
+from generalist_tf.algorithm import generalist, learners, optimizers, schedules
+from generalist_tf.algorithm.learners import Attack
+from generalist_tf.algorithm.schedules import Communication  # noqa: F401 (public: gtf.Communication)
+from generalist_tf.algorithm.variants import CUSTOM, VARIANTS
 
 # The public names are listed once, in the package (`generalist_tf.__all__`), which must know
 # them without importing this module (and TensorFlow).
@@ -230,10 +231,10 @@ def evaluate_robustness(
       data: `(x, y)` arrays or a `tf.data.Dataset` of `(images, labels)` batches.
       epsilon_linf, epsilon_l2: the threat models' radii.
       workdir: where report.json / report.md / plots go (default: a new temporary directory).
-      **options: `evaluate.evaluate_model` options (`attacks`, `restarts`, `apgd_steps`, ...).
+      **options: `runner.evaluate_model` options (`attacks`, `restarts`, `apgd_steps`, ...).
     """
-    from generalist_tf import evaluate as suite
     from generalist_tf import export as exports
+    from generalist_tf.evaluation import runner
 
     if isinstance(model, generalist.Generalist):
         model = model.best_model()
@@ -246,7 +247,7 @@ def evaluate_robustness(
         )
     x, y = _as_arrays(data)
     workdir = workdir or tempfile.mkdtemp(prefix="gtf-eval-")
-    report = suite.evaluate_model(
+    report = runner.evaluate_model(
         model, x, y, workdir=workdir, epsilon_linf=epsilon_linf, epsilon_l2=epsilon_l2, **options
     )
     return report

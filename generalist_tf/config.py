@@ -11,7 +11,8 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
-from generalist_tf import attacks, data, learners, models, schedules, tf_config, variants
+from generalist_tf import attacks, data, models, tf_config
+from generalist_tf.algorithm import learners, schedules, variants
 
 MODES = ("train", "eval")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -292,14 +293,14 @@ def from_flags(values: Mapping[str, Any]) -> Config:
         )
     eval_attacks = tuple(a.strip() for a in v["eval_attacks"].split(",") if a.strip()) or None
     if eval_attacks:
-        from generalist_tf import evaluate
+        from generalist_tf.evaluation import suite
 
-        eval_attacks = tuple(evaluate.expand_attacks(eval_attacks))
-        unknown = sorted(set(eval_attacks) - set(evaluate.ATTACK_NAMES))
+        eval_attacks = tuple(suite.expand_attacks(eval_attacks))
+        unknown = sorted(set(eval_attacks) - set(suite.ATTACK_NAMES))
         _require(
             not unknown,
-            f"--eval_attacks: unknown {unknown}; choose from {', '.join(evaluate.ATTACK_NAMES)} "
-            f"or one of the lists {', '.join(evaluate.ATTACK_SETS)}",
+            f"--eval_attacks: unknown {unknown}; choose from {', '.join(suite.ATTACK_NAMES)} "
+            f"or one of the lists {', '.join(suite.ATTACK_SETS)}",
         )
     if v["mode"] == "eval":
         _require(

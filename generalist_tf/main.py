@@ -185,16 +185,17 @@ def _strategy(config):
 
 
 def _run(config, strategy) -> None:
-    from generalist_tf import callbacks, data, train
+    from generalist_tf import data, train
+    from generalist_tf.algorithm import callbacks
 
     try:
         if config.mode == "train":
             results = train.train(config, strategy)
             print(results["table"])
         else:
-            from generalist_tf import evaluate
+            from generalist_tf.evaluation import commands
 
-            report = evaluate.run_from_config(config)
+            report = commands.run_from_config(config)
             print(report["table"])
     except (ValueError, data.DataError, callbacks.TrainingDivergedError) as e:
         _fail(str(e))

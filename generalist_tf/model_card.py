@@ -13,7 +13,9 @@ import os
 import shlex
 import sys
 
-from generalist_tf import files, learners, reporting
+from generalist_tf import files
+from generalist_tf.algorithm import learners
+from generalist_tf.evaluation import reporting
 
 CARD = "MODEL_CARD.md"
 

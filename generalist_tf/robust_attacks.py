@@ -9,7 +9,7 @@ gradient steps, `num_queries=5000` queries the model 5000 times per example.
 Two conventions make the evaluation honest against gradient masking:
   * gradients that are missing (a non-differentiable op such as `tf.round`) or non-finite count
     as zero, so a masked model makes the attack fail visibly instead of producing NaN images
-    (the alarms in `alarms.py` then say why);
+    (the alarms in `evaluation/alarms.py` then say why);
   * APGD returns, per example, the worst case it met (the starting image `x` included): an
     adversarial example whenever any iterate, restart or target class fooled the model.
 """

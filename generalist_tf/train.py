@@ -12,17 +12,8 @@ import keras
 import numpy as np
 from absl import logging
 
-from generalist_tf import (
-    api,
-    checkpoints,
-    data,
-    distribute,
-    export,
-    files,
-    generalist,
-    model_card,
-    models,
-)
+from generalist_tf import api, checkpoints, data, distribute, export, files, model_card, models
+from generalist_tf.algorithm import generalist
 from generalist_tf.config import Config
 
 RESULTS = "results.json"
@@ -336,14 +327,14 @@ def _train(config: Config, strategy) -> dict:
         write_card(EXPORT_LAST)
     if chief and config.final_eval:
         # The evaluation suite on the exported G (test split), as `--mode=eval` would run it.
-        from generalist_tf import evaluate
+        from generalist_tf.evaluation import commands, writers
 
-        report = evaluate.run_on_export(
+        report = commands.run_on_export(
             config, os.path.join(config.workdir, EXPORT_BEST), config.workdir, strategy=strategy
         )
         results["robustness"] = {
             "of": EXPORT_BEST,
-            "report": evaluate.REPORT_JSON,
+            "report": writers.REPORT_JSON,
             "clean_accuracy": report["clean_accuracy"],
             "worst_case": report["worst_case"],
             "union_accuracy": report["union_accuracy"],

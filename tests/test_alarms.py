@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 
-from generalist_tf import alarms, evaluate
+from generalist_tf.evaluation import alarms, runner, suite
 from tests import helpers_eval
 
 MODELS = {
@@ -90,7 +90,7 @@ def test_comparison_alarms():
 
 def _evaluate(tmp_path, model, **kwargs):
     x, y = helpers_eval.subset()
-    return evaluate.evaluate_model(
+    return runner.evaluate_model(
         model,
         x,
         y,
@@ -150,7 +150,7 @@ def test_evaluation_of_the_normal_model_is_quiet(tmp_path):
     assert report["alarms"] == []
     assert 0.2 < report["worst_case"]["linf"] < report["clean_accuracy"] - 0.2
     # A transfer attack is weaker than white-box attacks on an unmasked model.
-    assert report["attacks"][evaluate.TRANSFER_ATTACK]["accuracy"] > report["worst_case"]["linf"]
+    assert report["attacks"][suite.TRANSFER_ATTACK]["accuracy"] > report["worst_case"]["linf"]
 
 
 def test_alarm_kinds_are_parsed_strictly():

@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from generalist_tf import evaluate, robust_attacks
+from generalist_tf import robust_attacks
+from generalist_tf.evaluation import references
 from tests import helpers_eval
 
 AGREEMENT = 0.02  # the tolerance: 2 points
@@ -22,7 +23,7 @@ AGREEMENT = 0.02  # the issue's tolerance: 2 points
 def _art_targeted_worst_case(classifier, x, y, epsilon, num_steps):
     from art.attacks.evasion import AutoProjectedGradientDescent
 
-    reference = evaluate.art_estimator(classifier, x)
+    reference = references.art_estimator(classifier, x)
     predict = lambda images: classifier(images).numpy().argmax(1)  # noqa: E731
     robust = predict(x) == y
     np.random.seed(0)

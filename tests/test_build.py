@@ -303,6 +303,58 @@ def test_every_test_file_has_a_py_test(targets, owners):
             assert entirely_slow(path), f":{name} is tagged manual but has fast tests"
 
 
+# The layers of the package, bottom up (README, Architecture): a module imports only from its own
+# layer or the ones below. Listed by module path relative to generalist_tf/ (a folder: all of it).
+LAYERS = (
+    ("runtime", ("files", "compat", "tf_config", "distribute")),
+    ("attacks", ("attacks", "robust_attacks", "fab", "square_l2")),
+    ("data and models", ("data", "models")),
+    ("algorithm", ("algorithm/",)),
+    ("evaluation", ("evaluation/",)),
+    (
+        "application",
+        ("evaluation/commands", "api", "checkpoints", "cli", "config", "export")
+        + ("init_from", "main", "model_card", "train", "workdir"),
+    ),
+    ("experiments", ("experiments/",)),
+)
+
+
+def layer_of(module: str) -> int:
+    """The rank in LAYERS of a module path (`generalist_tf/x/y`, no `.py`); the most specific
+    entry wins (`evaluation/commands` over `evaluation/`)."""
+    name = module[len(PACKAGE) + 1 :]
+    if name.endswith("__init__"):
+        return -1  # package markers: importable from anywhere
+    matches = [
+        (len(entry), rank)
+        for rank, (_, entries) in enumerate(LAYERS)
+        for entry in entries
+        if name == entry or (entry.endswith("/") and name.startswith(entry))
+    ]
+    assert matches, f"{module} is in no layer of LAYERS: add it"
+    return max(matches)[1]
+
+
+def test_every_module_imports_only_its_own_layer_or_lower_ones():
+    offenders = []
+    for path in module_files():
+        module = path[: -len(".py")]
+        rank = layer_of(module)
+        for imported in sorted(imports_of(path)[0]):
+            if imported.startswith(f"{PACKAGE}/") and layer_of(imported) > rank:
+                offenders.append(f"{path} imports {imported.replace('/', '.')} from a higher layer")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_layers_rank_the_shared_names_as_documented():
+    assert layer_of("generalist_tf/evaluation/commands") > layer_of(
+        "generalist_tf/evaluation/runner"
+    )
+    assert layer_of("generalist_tf/algorithm/learners") > layer_of("generalist_tf/attacks")
+    assert layer_of("generalist_tf/main") == layer_of("generalist_tf/api")
+
+
 def test_the_library_never_imports_the_experiment_drivers():
     """`generalist_tf.experiments` sits on top: no other module of the package imports it."""
     drivers = f"{PACKAGE}/experiments/"

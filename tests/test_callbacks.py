@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import callbacks, generalist, learners, mixing, optimizers, schedules
+from generalist_tf.algorithm import callbacks, generalist, learners, mixing, optimizers, schedules
 
 SHAPE, CLASSES = (2, 2, 1), 3
 TASKS = ("natural", "linf_pgd", "l2_pgd")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import callbacks, data, mixing, train
+from generalist_tf import data, train
+from generalist_tf.algorithm import callbacks, mixing
 from tests.helpers_train import config_from
 
 STEPS = 4
@@ -108,7 +109,7 @@ def test_steps_per_execution_mixes_after_every_step():
 
 def test_hand_made_mean_would_double_the_update():
     """Guards the scaling: the per-replica mean (a classic mistake) is caught by the check."""
-    from generalist_tf import learners
+    from generalist_tf.algorithm import learners
 
     original = learners.global_batch_mean
     learners.global_batch_mean = tf.reduce_mean

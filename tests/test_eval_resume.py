@@ -1,7 +1,7 @@
 """A killed evaluation resumes where it stopped and ends with the report of an uninterrupted one.
 
 `--mode=eval` records every finished batch of every attack under `<workdir>/eval_progress`
-(`eval_progress.py`). Here one evaluation runs through, and the same command in another workdir
+(`resume.py`). Here one evaluation runs through, and the same command in another workdir
 is killed with SIGKILL after its first attack finished and its second started, then started
 again: its report must equal the uninterrupted one (timings aside) and the records must be gone.
 The records of another evaluation (another epsilon) are discarded, not reused.
@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from generalist_tf import eval_progress, export
+from generalist_tf import export
+from generalist_tf.evaluation import resume
 from tests import helpers_eval, helpers_train
 
 ATTACKS = "pgd20_linf,apgd_ce_linf,square_linf,pgd20_l2"
@@ -57,7 +58,7 @@ def test_sigkilled_evaluation_resumes_to_an_identical_report(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     result = helpers_train.run_main(*_arguments(model, full))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not os.path.exists(full / eval_progress.DIRECTORY)
+    assert not os.path.exists(full / resume.DIRECTORY)
 
     process = subprocess.Popen(
         [sys.executable, "-m", "generalist_tf.main", *_arguments(model, killed)],
@@ -66,7 +67,7 @@ def test_sigkilled_evaluation_resumes_to_an_identical_report(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    progress = killed / eval_progress.DIRECTORY
+    progress = killed / resume.DIRECTORY
     deadline = time.monotonic() + 300
     # Killed once the first attack is complete (6 batches) and the second has started.
     while time.monotonic() < deadline and process.poll() is None:
@@ -83,7 +84,7 @@ def test_sigkilled_evaluation_resumes_to_an_identical_report(tmp_path):
     # report shows the inverted batch (proof that the resumed run did not recompute it).
     tampered = tmp_path / "tampered"
     shutil.copytree(killed, tampered)
-    record = tampered / eval_progress.DIRECTORY / "pgd20_linf" / "0.npy"
+    record = tampered / resume.DIRECTORY / "pgd20_linf" / "0.npy"
     np.save(record, ~np.load(record))
 
     result = helpers_train.run_main(*_arguments(model, killed))
@@ -100,16 +101,16 @@ def test_sigkilled_evaluation_resumes_to_an_identical_report(tmp_path):
 
 
 def test_records_of_another_evaluation_are_not_reused(tmp_path):
-    progress = eval_progress.Progress(str(tmp_path), "first")
+    progress = resume.Progress(str(tmp_path), "first")
     progress.save_batch("pgd20_linf", 0, np.array([True, False]))
     assert progress.batch("pgd20_linf", 0).tolist() == [True, False]
-    again = eval_progress.Progress(str(tmp_path), "first")
+    again = resume.Progress(str(tmp_path), "first")
     assert again.batch("pgd20_linf", 0).tolist() == [True, False]
-    other = eval_progress.Progress(str(tmp_path), "second")
+    other = resume.Progress(str(tmp_path), "second")
     assert other.batch("pgd20_linf", 0) is None
     x, y = np.zeros((4, 2, 2, 1), np.float32), np.zeros(4)
     logits = np.ones((4, 3))
-    key = eval_progress.fingerprint(logits, x, y, {"epsilon": 0.1})
-    assert key == eval_progress.fingerprint(logits, x, y, {"epsilon": 0.1})
-    assert key != eval_progress.fingerprint(logits, x, y, {"epsilon": 0.2})
-    assert key != eval_progress.fingerprint(logits + 1, x, y, {"epsilon": 0.1})
+    key = resume.fingerprint(logits, x, y, {"epsilon": 0.1})
+    assert key == resume.fingerprint(logits, x, y, {"epsilon": 0.1})
+    assert key != resume.fingerprint(logits, x, y, {"epsilon": 0.2})
+    assert key != resume.fingerprint(logits + 1, x, y, {"epsilon": 0.1})

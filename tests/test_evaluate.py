@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from generalist_tf import data, distribute, evaluate, export, robust_attacks
+from generalist_tf import data, distribute, export, robust_attacks
+from generalist_tf.evaluation import per_example, plots, runner, suite, writers
 from tests import helpers_eval, helpers_train
 
 FAST_BUDGET = dict(square_queries=300, apgd_steps=50)
@@ -62,7 +63,7 @@ def _evaluate(model, workdir, x=None, y=None, **kwargs):
         **FAST_BUDGET,
     )
     arguments.update(kwargs)
-    return evaluate.evaluate_model(model, x, y, **arguments)
+    return runner.evaluate_model(model, x, y, **arguments)
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +74,12 @@ def full_run(tmp_path_factory):
 
 def test_report_json_has_exactly_the_documented_fields(full_run):
     report, workdir = full_run
-    with open(os.path.join(workdir, evaluate.REPORT_JSON)) as f:
+    with open(os.path.join(workdir, writers.REPORT_JSON)) as f:
         written = json.load(f)
     assert written == report
     assert set(report) == REPORT_KEYS
     assert isinstance(report["clean_accuracy"], float) and report["num_examples"] == 128
-    assert list(report["attacks"]) == list(evaluate.DEFAULT_ATTACKS)
+    assert list(report["attacks"]) == list(suite.DEFAULT_ATTACKS)
     for name, entry in report["attacks"].items():
         assert set(entry) == ENTRY_KEYS | ({"queries"} if name.startswith("square") else set()), (
             name
@@ -135,24 +136,24 @@ def test_worst_case_and_union_come_from_per_example_masks():
         name: {"norm": name.rsplit("_", 1)[1], "accuracy": float(m.mean())}
         for name, m in masks.items()
     }
-    report = evaluate.summarise(clean, masks, entries)
+    report = runner.summarise(clean, masks, entries)
     # Each l_inf attack alone leaves 40-60%, together none survives; x misclassified counts too.
     assert report["worst_case"] == {"linf": 0.0, "l2": 0.6}
     assert report["union_accuracy"] == 0.0
     masks["a_linf"] = np.array([True, True, True, True, True])
-    report = evaluate.summarise(clean, masks, entries)
+    report = runner.summarise(clean, masks, entries)
     assert report["worst_case"]["linf"] == 0.4 and report["union_accuracy"] == 0.4
 
 
 def test_markdown_report_is_a_paper_table(full_run):
     report, workdir = full_run
-    with open(os.path.join(workdir, evaluate.REPORT_MD)) as f:
+    with open(os.path.join(workdir, writers.REPORT_MD)) as f:
         text = f.read()
     assert (
         "| attack | norm | epsilon | steps | restarts | accuracy (%) | 95% interval (%) | seconds |"
         in text
     )
-    for name in evaluate.DEFAULT_ATTACKS:
+    for name in suite.DEFAULT_ATTACKS:
         assert f"| {name} |" in text
     assert "PGD-30 on the CW margin" in text
     assert (
@@ -164,16 +165,16 @@ def test_markdown_report_is_a_paper_table(full_run):
 def test_accuracy_vs_epsilon_plots_and_curves(full_run):
     report, workdir = full_run
     for norm in ("linf", "l2"):
-        with open(os.path.join(workdir, evaluate.curve_png(norm)), "rb") as f:
+        with open(os.path.join(workdir, writers.curve_png(norm)), "rb") as f:
             assert f.read(8) == PNG_MAGIC
-    with open(os.path.join(workdir, evaluate.CURVE_JSON)) as f:
+    with open(os.path.join(workdir, writers.CURVE_JSON)) as f:
         curves = json.load(f)
     for norm in ("linf", "l2"):
         accuracies = curves[norm]["accuracies"]
-        assert curves[norm]["fractions"] == list(evaluate.EPSILON_FRACTIONS)
+        assert curves[norm]["fractions"] == list(suite.EPSILON_FRACTIONS)
         assert accuracies[0] == report["clean_accuracy"]
         assert (
-            accuracies[evaluate.EPSILON_FRACTIONS.index(1.0)]
+            accuracies[suite.EPSILON_FRACTIONS.index(1.0)]
             == (report["attacks"][f"pgd20_{norm}"]["accuracy"])
         )
         assert accuracies[-1] == 0.0
@@ -181,14 +182,14 @@ def test_accuracy_vs_epsilon_plots_and_curves(full_run):
 
 def test_plot_tradeoff_draws_several_models(tmp_path):
     path = str(tmp_path / "tradeoff.png")
-    evaluate.plot_tradeoff(
+    plots.plot_tradeoff(
         {"natural": (0.99, 0.0), "pgd_at": (0.9, 0.6), "generalist": (0.95, 0.55)}, path
     )
     with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC
     # With standard deviations as error bars and a named robust accuracy (as repro draws it).
     os.remove(path)
-    evaluate.plot_tradeoff(
+    plots.plot_tradeoff(
         {"pgd_at": (0.9, 0.6), "generalist": (0.95, 0.55)},
         path,
         robust="worst-case l_inf accuracy",
@@ -197,7 +198,7 @@ def test_plot_tradeoff_draws_several_models(tmp_path):
     with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC
     with pytest.raises(ValueError, match="at least one model"):
-        evaluate.plot_tradeoff({}, path)
+        plots.plot_tradeoff({}, path)
 
 
 def _scalars(logdir: str) -> dict[str, dict[int, float]]:
@@ -213,13 +214,13 @@ def _scalars(logdir: str) -> dict[str, dict[int, float]]:
 
 def test_tensorboard_scalars(full_run):
     report, workdir = full_run
-    scalars = _scalars(os.path.join(workdir, evaluate.SUMMARY_DIR))
-    assert scalars[evaluate.CLEAN_ACCURACY_METRIC][0] == pytest.approx(report["clean_accuracy"])
+    scalars = _scalars(os.path.join(workdir, writers.SUMMARY_DIR))
+    assert scalars[writers.CLEAN_ACCURACY_METRIC][0] == pytest.approx(report["clean_accuracy"])
     for name, entry in report["attacks"].items():
         assert scalars[f"eval/{name}/accuracy"][0] == pytest.approx(entry["accuracy"])
     assert scalars["eval/worst_case_linf"][0] == pytest.approx(report["worst_case"]["linf"])
-    assert scalars[evaluate.UNION_ACCURACY_METRIC][0] == pytest.approx(report["union_accuracy"])
-    assert scalars[evaluate.NUM_ALARMS_METRIC][0] == 0
+    assert scalars[writers.UNION_ACCURACY_METRIC][0] == pytest.approx(report["union_accuracy"])
+    assert scalars[writers.NUM_ALARMS_METRIC][0] == 0
     assert sorted(scalars["eval/accuracy_vs_epsilon_l2"]) == [0, 25, 50, 100, 200, 400]
 
 
@@ -311,7 +312,7 @@ def test_two_replicas_give_the_numbers_of_one_device(tmp_path):
         replicated = export.load_serving(path)
     x, y = helpers_eval.subset(72)  # 5 batches of 16: the last round leaves a replica idle
     # The standard lists of both norms (APGD-CE/T, FAB-T, Square) and PGD.
-    names = ["pgd20_linf", "pgd20_l2", *evaluate.ATTACK_SETS["standard"]]
+    names = ["pgd20_linf", "pgd20_l2", *suite.ATTACK_SETS["standard"]]
     budget = dict(attacks=names, batch_size=16, apgd_steps=5, square_queries=50, **NO_CURVES)
     one = _evaluate(export.load_serving(path), tmp_path / "one", x, y, **budget)
     two = _evaluate(replicated, tmp_path / "two", x, y, strategy=strategy, **budget)
@@ -407,10 +408,10 @@ def test_pgd20_agrees_with_cleverhans():
     model = helpers_eval.fitted()
     classifier = robust_attacks.as_classifier(model)
     epsilon = helpers_eval.EPSILON_LINF
-    pgd20 = evaluate.attack_suite()["pgd20_linf"]
+    pgd20 = suite.attack_suite()["pgd20_linf"]
     ours = np.mean(
         [
-            evaluate.run_attack(classifier, x, y, pgd20, epsilon=epsilon, seed=seed).mean()
+            per_example.run_attack(classifier, x, y, pgd20, epsilon=epsilon, seed=seed).mean()
             for seed in range(REFERENCE_SEEDS)
         ]
     )
@@ -423,7 +424,7 @@ def test_pgd20_agrees_with_cleverhans():
                     model,
                     tf.constant(x),
                     epsilon,
-                    evaluate.STEP_FRACTION * epsilon,
+                    suite.STEP_FRACTION * epsilon,
                     20,
                     np.inf,
                     clip_min=0.0,
@@ -484,7 +485,7 @@ def _check_art_reference(tmp_path, names):
             tolerance = ART_APGD_AGREEMENT
         assert entry["ours_accuracy"] == report["attacks"][name]["accuracy"]
         assert abs(entry["difference"]) <= tolerance, (name, entry)
-    with open(os.path.join(str(tmp_path), evaluate.REPORT_JSON)) as f:
+    with open(os.path.join(str(tmp_path), writers.REPORT_JSON)) as f:
         assert json.load(f)["reference"] == reference
 
 

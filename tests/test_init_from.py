@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import export, init_from, mixing, models, train
+from generalist_tf import export, init_from, models, train
+from generalist_tf.algorithm import mixing
 from tests.helpers_train import config_from
 
 

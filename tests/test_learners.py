@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import attacks, generalist, learners, optimizers
+from generalist_tf import attacks
+from generalist_tf.algorithm import generalist, learners, optimizers
 
 LR, MU, WD = 0.1, 0.9, 0.01
 SHAPE, CLASSES, BATCH = (2, 2, 1), 3, 6

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from generalist_tf import checkpoints, config, data, evaluate, models
+from generalist_tf import checkpoints, config, data, models
+from generalist_tf.evaluation import suite
 from tests.helpers_train import FLAGS_DIR, config_from, parse_flags, run_main
 
 # Training ends with the attack suite on the exported G (small budgets here).
@@ -287,14 +288,14 @@ def test_eval_mode_reports_autoattack_standard_for_both_norms(smoke_run, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out / "report.json") as f:
         report = json.load(f)
-    assert set(report["attacks"]) == set(evaluate.ATTACK_SETS["standard"])
+    assert set(report["attacks"]) == set(suite.ATTACK_SETS["standard"])
     for norm in ("linf", "l2"):
         value = report["autoattack_standard"][norm]
         low, high = report["intervals"]["autoattack_standard"][norm]
         assert low <= value <= high and high - low > 0
         # Below AutoAttack's budgets (5 iterations, 50 queries): the report must say so.
         assert report["autoattack_budgets"][norm]["standard"] is False
-        worst = min(report["attacks"][n]["accuracy"] for n in evaluate.STANDARD_ATTACKS[norm])
+        worst = min(report["attacks"][n]["accuracy"] for n in suite.STANDARD_ATTACKS[norm])
         assert value <= worst
     assert report["subset"] == {"num_examples": 48, "of": 360}
     with open(out / "report.md") as f:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from generalist_tf import evaluate, reporting
+from generalist_tf.evaluation import reporting, suite
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_standard_autoattack_is_the_worst_case_over_exactly_the_standard_list():
         clean,
         masks,
         entries,
-        evaluate.STANDARD_ATTACKS,
+        suite.STANDARD_ATTACKS,
         iterations=100,
         square_queries=5000,
         standard_iterations=100,
@@ -90,7 +90,7 @@ def test_standard_autoattack_is_the_worst_case_over_exactly_the_standard_list():
         clean,
         masks,
         entries,
-        evaluate.STANDARD_ATTACKS,
+        suite.STANDARD_ATTACKS,
         iterations=100,
         square_queries=1000,
         standard_iterations=100,
@@ -100,8 +100,8 @@ def test_standard_autoattack_is_the_worst_case_over_exactly_the_standard_list():
 
 
 def test_attack_sets_expand_and_default_is_unchanged():
-    assert evaluate.expand_attacks(None) == list(evaluate.DEFAULT_ATTACKS)
-    assert evaluate.expand_attacks("standard") == [
+    assert suite.expand_attacks(None) == list(suite.DEFAULT_ATTACKS)
+    assert suite.expand_attacks("standard") == [
         "apgd_ce_linf",
         "apgd_t_linf",
         "fab_t_linf",
@@ -111,8 +111,8 @@ def test_attack_sets_expand_and_default_is_unchanged():
         "fab_t_l2",
         "square_l2",
     ]
-    assert set(evaluate.expand_attacks(["all"])) == set(evaluate.ATTACK_NAMES)
+    assert set(suite.expand_attacks(["all"])) == set(suite.ATTACK_NAMES)
     # Random streams are append-only: the attacks of earlier releases keep their seeds.
-    assert evaluate.STREAM_ORDER[: len(evaluate.DEFAULT_ATTACKS)] == evaluate.DEFAULT_ATTACKS
-    assert evaluate.STREAM_ORDER.index(evaluate.TRANSFER_ATTACK) == 11
-    assert set(evaluate.STREAM_ORDER) == set(evaluate.ATTACK_NAMES) | {evaluate.TRANSFER_ATTACK}
+    assert suite.STREAM_ORDER[: len(suite.DEFAULT_ATTACKS)] == suite.DEFAULT_ATTACKS
+    assert suite.STREAM_ORDER.index(suite.TRANSFER_ATTACK) == 11
+    assert set(suite.STREAM_ORDER) == set(suite.ATTACK_NAMES) | {suite.TRANSFER_ATTACK}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import checkpoints, data, mixing, train
+from generalist_tf import checkpoints, data, train
+from generalist_tf.algorithm import mixing
 from tests.helpers_train import ROOT, config_from
 
 # 3 epochs of 19 steps; checkpoints every 4 steps and at epoch ends; communication in epochs 2, 3.

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import data, evaluate, robust_attacks, square_l2
+from generalist_tf import data, robust_attacks, square_l2
+from generalist_tf.evaluation import references
 
 
 def _pattern(side, transpose=False):
@@ -79,7 +80,7 @@ def test_never_weaker_than_arts_square_l2():
     model, x, y = _fashion_model()
     classifier = robust_attacks.as_classifier(model)
     ours = square_l2.square_l2(classifier, x, y, epsilon=1.0, num_queries=1000, seed=0)
-    reference = evaluate.art_estimator(classifier, x)
+    reference = references.art_estimator(classifier, x)
     np.random.seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # ART's 0/0 (module docstring)

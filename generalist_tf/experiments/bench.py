@@ -50,16 +50,8 @@ from cleverhans.tf2.attacks.projected_gradient_descent import (  # noqa: E402
     projected_gradient_descent,
 )
 
-from generalist_tf import (  # noqa: E402
-    attacks,
-    callbacks,
-    cli,
-    config,
-    data,
-    distribute,
-    models,
-    train,
-)
+from generalist_tf import attacks, cli, config, data, distribute, models, train  # noqa: E402
+from generalist_tf.algorithm import callbacks  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS_FLAGFILE = "flags/digits_common.cfg"
@@ -770,7 +762,8 @@ def bench_standard_vs_art(
     Returns:
       Whether ART was there (without it only ours is timed, and no ratio is declared).
     """
-    from generalist_tf import evaluate, fab, robust_attacks
+    from generalist_tf import fab, robust_attacks
+    from generalist_tf.evaluation import references
 
     classifier = robust_attacks.as_classifier(network)
     classes = int(network(x[:1]).shape[-1])
@@ -801,7 +794,7 @@ def bench_standard_vs_art(
         logging.warning("ART is not installed: the standard list is timed for ours alone")
         rec.time(DIGITS, variants, repeats=repeats, warmup=1, number=1)
         return False
-    reference = evaluate.art_estimator(classifier, x)
+    reference = references.art_estimator(classifier, x)
     images, labels = np.asarray(x), np.asarray(y)
     one_hot = keras.utils.to_categorical(labels, classes)
     apgd_args = dict(

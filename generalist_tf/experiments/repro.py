@@ -4,7 +4,7 @@
 
 Trains each method from its flagfile (`flags/digits_<method>.cfg`; the `mnist` suite runs the
 same recipes on MNIST with the SmallCNN), evaluates the exported G of every run with the full
-attack suite of `evaluate.evaluate_model` on the test split, and writes `RESULTS.md` (mean and
+attack suite of `runner.evaluate_model` on the test split, and writes `RESULTS.md` (mean and
 standard deviation over seeds, the commands, the machine, the wall time, and a verdict computed
 from the numbers) and `tradeoff.png` (natural vs worst-case l_inf accuracy of every method).
 
@@ -253,9 +253,10 @@ def run_one(
 
 def read_metrics(workdir: str) -> dict:
     """The numbers of a finished run: its suite report and, from `results.json`, the last G."""
-    from generalist_tf import evaluate, train
+    from generalist_tf import train
+    from generalist_tf.evaluation import writers
 
-    with open(os.path.join(workdir, evaluate.REPORT_JSON)) as f:
+    with open(os.path.join(workdir, writers.REPORT_JSON)) as f:
         report = json.load(f)
     with open(os.path.join(workdir, train.RESULTS)) as f:
         results = json.load(f)
@@ -280,7 +281,7 @@ def read_metrics(workdir: str) -> dict:
 
 def reusable(root: str) -> dict[tuple[str, int], float]:
     """(label, seed) -> seconds of the runs a previous invocation finished under `root`."""
-    from generalist_tf import evaluate
+    from generalist_tf.evaluation import writers
 
     path = os.path.join(root, "runs.json")
     if not os.path.exists(path):
@@ -291,7 +292,7 @@ def reusable(root: str) -> dict[tuple[str, int], float]:
     for entry in entries:
         label = entry.get("label", entry.get("method"))
         workdir = run_dir(root, label, entry["seed"])
-        if os.path.exists(os.path.join(workdir, evaluate.REPORT_JSON)):
+        if os.path.exists(os.path.join(workdir, writers.REPORT_JSON)):
             done[(label, entry["seed"])] = entry["seconds"]
     return done
 
@@ -400,7 +401,7 @@ def ablation_reading(runs: list[Run], ablation_runs: list[Run]) -> list[str]:
 
     lines = []
     if "generalist_d" in table:
-        from generalist_tf import schedules, variants
+        from generalist_tf.algorithm import schedules, variants
 
         mixing = schedules.parse_mixing(variants.VARIANTS["generalist_d"].mixing)
         mine = [r for r in runs if r.label == "generalist_d"]
@@ -542,7 +543,7 @@ def write_results(
     ablation_runs: list[Run] = (),
     jobs: int = 1,
 ):
-    from generalist_tf import evaluate
+    from generalist_tf.evaluation import plots
 
     spec = SUITES[suite]
     if spec.table_columns_from_full_split:
@@ -620,7 +621,7 @@ def write_results(
         f.write("\n".join(text))
     points = {m: (c["clean"][0] / 100, c["worst_linf"][0] / 100) for m, c in table.items()}
     spread = {m: (c["clean"][1] / 100, c["worst_linf"][1] / 100) for m, c in table.items()}
-    evaluate.plot_tradeoff(
+    plots.plot_tradeoff(
         points,
         os.path.join(os.path.dirname(path), spec.plot),
         robust="worst-case l_inf accuracy",

@@ -1,6 +1,6 @@
 """Resumable evaluation: every finished batch of every attack is kept under the work directory.
 
-A 10,000-image suite that dies late should not lose what it finished. `evaluate_model` records,
+A 10,000-image suite that dies late should not lose what it finished. `runner.evaluate_model` records,
 in `<workdir>/eval_progress/`, the per-example masks of each finished batch of each attack run
 (`<run>/<batch>.npy`, written atomically) and, when a run is complete, its seconds
 (`<run>/done.json`). Started again with the same command, it reads what is there and computes

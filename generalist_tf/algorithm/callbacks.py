@@ -11,7 +11,7 @@ import math
 import keras
 from absl import logging
 
-from generalist_tf import schedules
+from generalist_tf.algorithm import schedules
 
 
 class GeneralistCallback(keras.callbacks.Callback):

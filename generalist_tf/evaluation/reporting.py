@@ -1,6 +1,6 @@
 """Numbers a reader can trust: confidence intervals, epsilons as written, AutoAttack's standard list.
 
-Pure functions over the report dict of `evaluate.summarise` (no TensorFlow):
+Pure functions over the report dict of `runner.summarise` (no TensorFlow):
   * `wilson_interval`: the 95% Wilson score interval of an accuracy measured on n examples. Wilson
     rather than Clopper-Pearson: it is close to nominal coverage where Clopper-Pearson is
     conservative, and stays inside [0, 1] with a sensible width at 0% or 100%;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from generalist_tf import attacks, robust_attacks
+from generalist_tf.evaluation import suite
 
 ZERO_GRADIENT = "zero_gradient"
 FINITE_DIFFERENCES = "finite_differences"
@@ -270,3 +271,34 @@ def kind_of(alarm: str) -> str:
 def kinds(alarms) -> set[str]:
     """The set of kinds of a list of alarm strings."""
     return {kind_of(alarm) for alarm in alarms}
+
+
+# Gradient-health and unbounded-attack alarms run on at most this many examples.
+ALARM_EXAMPLES = 256
+
+
+def suite_alarms(model, x, y, report, curves, *, seed, jit_compile) -> list[str]:
+    """Every gradient-masking check of `alarms` that the attacks run make possible."""
+    subset = slice(0, min(len(x), ALARM_EXAMPLES))
+    found = gradient_health(model, x[subset], y[subset], seed=seed)
+    found += unbounded_attack(model, x[subset], y[subset], jit_compile=jit_compile)
+    clean = report["clean_accuracy"]
+    for norm, curve in curves.items():
+        found += epsilon_curve(norm, curve["epsilons"], curve["accuracies"], clean_accuracy=clean)
+    accuracies = {name: entry["accuracy"] for name, entry in report["attacks"].items()}
+    for norm in attacks.NORMS:
+        whitebox = [
+            accuracy
+            for name, accuracy in accuracies.items()
+            if name not in suite.NON_GRADIENT_ATTACKS and report["attacks"][name]["norm"] == norm
+        ]
+        if whitebox and f"square_{norm}" in accuracies:
+            found += black_box(norm, min(whitebox), accuracies[f"square_{norm}"])
+        if norm == "linf" and whitebox and suite.TRANSFER_ATTACK in accuracies:
+            found += transfer("linf", min(whitebox), accuracies[suite.TRANSFER_ATTACK])
+    pairs = []
+    for norm in attacks.NORMS:
+        pairs += [(f"pgd20_{norm}", f"pgd100_{norm}"), (f"pgd20_{norm}", f"apgd_ce_{norm}")]
+    found += more_iterations(accuracies, pairs)
+    found += robust_above_clean(clean, accuracies)
+    return found

@@ -23,9 +23,10 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from generalist_tf import callbacks as callbacks_lib
-from generalist_tf import compat, mixing
-from generalist_tf.learners import BaseLearner, per_example_ce
+from generalist_tf import compat
+from generalist_tf.algorithm import callbacks as callbacks_lib
+from generalist_tf.algorithm import mixing
+from generalist_tf.algorithm.learners import BaseLearner, per_example_ce
 
 GLOBAL = "global"
 BEST = "best"

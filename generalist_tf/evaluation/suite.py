@@ -1,0 +1,348 @@
+"""The attack suite of the evaluation: every attack's name, norm, budget and run function.
+
+Names in report order (l_inf, then l_2), the named lists of `--eval_attacks`, the random stream
+of each attack, and `attack_suite`, which builds every attack at the given budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from generalist_tf import attacks as pgd_attacks
+from generalist_tf import fab, robust_attacks, square_l2
+
+# Every attack of the suite, in report order: l_inf, then l_2.
+ATTACK_NAMES = (
+    "fgsm_linf",
+    "pgd20_linf",
+    "pgd100_linf",
+    "cw_linf",
+    "mim_linf",
+    "apgd_ce_linf",
+    "apgd_t_linf",
+    "fab_t_linf",
+    "square_linf",
+    "pgd20_l2",
+    "pgd100_l2",
+    "apgd_ce_l2",
+    "apgd_t_l2",
+    "fab_t_l2",
+    "square_l2",
+)
+# Attacks added after the first suite (FAB-T, the l_2 targeted and black-box attacks), in the
+# order they were added. They run only when asked for, so that published numbers and the guarded
+# reproduction rows keep their meaning: the default is every other attack.
+LATER_ATTACKS = ("apgd_t_l2", "fab_t_linf", "fab_t_l2", "square_l2")
+DEFAULT_ATTACKS = tuple(name for name in ATTACK_NAMES if name not in LATER_ATTACKS)
+# Added when a surrogate model is given: PGD-20 on the surrogate, evaluated on the model.
+TRANSFER_ATTACK = "transfer_pgd20_linf"
+# AutoAttack's standard version (Croce & Hein 2020; RobustBench's rule), per norm: APGD-CE,
+# APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries); 100 iterations each.
+STANDARD_ATTACKS = {
+    "linf": ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf"),
+    "l2": ("apgd_ce_l2", "apgd_t_l2", "fab_t_l2", "square_l2"),
+}
+STANDARD_ITERATIONS = 100
+STANDARD_SQUARE_QUERIES = 5000
+# Named lists for `--eval_attacks` (alone): the default, the standard list of both norms, all.
+ATTACK_SETS = {
+    "default": DEFAULT_ATTACKS,
+    "standard": tuple(name for names in STANDARD_ATTACKS.values() for name in names),
+    "all": ATTACK_NAMES,
+}
+# The random stream of an attack is its position here: append only, so that adding an attack
+# never changes another one's numbers.
+STREAM_ORDER = DEFAULT_ATTACKS + (TRANSFER_ATTACK,) + LATER_ATTACKS
+# Black-box and transfer attacks; every other attack is a white-box gradient attack.
+NON_GRADIENT_ATTACKS = ("square_linf", "square_l2", TRANSFER_ATTACK)
+# Targeted DLR needs at least 4 classes; these are left out (with a warning) below that.
+TARGETED_DLR_ATTACKS = ("apgd_t_linf", "apgd_t_l2")
+# Third-party libraries that `evaluate_model(reference=...)` can cross-check against.
+REFERENCES = ("art",)
+# Step sizes of PGD, CW and MIM as a fraction of epsilon (2/255 for 8/255, the usual protocol).
+STEP_FRACTION = 0.25
+CW_STEPS = 30
+MIM_STEPS = 20
+# Tolerances of the threat-model check on every adversarial batch (float32 rounding).
+BALL_TOLERANCE = 1e-5
+# Accuracy-vs-epsilon curve: PGD-20 at these multiples of the nominal epsilon.
+EPSILON_FRACTIONS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """One attack of the suite.
+
+    `run(model, x, y, epsilon, seed)` returns adversarial images for one batch. It is called
+    `repeats` times with different seeds and an example is robust only if it survives all of
+    them; `restarts` is what the report states (APGD restarts internally, so repeats 1).
+    """
+
+    name: str
+    norm: str
+    num_steps: int
+    restarts: int
+    repeats: int
+    run: Callable
+    description: str
+
+
+def _pgd_attack(name, norm, num_steps, restarts, jit_compile, loss="ce", description=""):
+    """PGD from a random start (`attacks.pgd`), `restarts` independent times."""
+
+    def run(model, x, y, epsilon, seed):
+        return pgd_attacks.pgd(
+            model,
+            x,
+            y,
+            norm=norm,
+            epsilon=epsilon,
+            step_size=STEP_FRACTION * epsilon if epsilon > 0 else 1.0,
+            num_steps=num_steps,
+            random_start=True,
+            loss=loss,
+            jit_compile=jit_compile,
+            seed=tf.constant([seed, 0], tf.int64),
+        )
+
+    description = description or (
+        f"PGD-{num_steps} ({loss.upper()}), random start, step {STEP_FRACTION:g} x epsilon"
+    )
+    return Attack(name, norm, num_steps, restarts, restarts, run, description)
+
+
+def attack_suite(
+    *, restarts: int = 1, apgd_steps: int = 100, square_queries: int = 5000, jit_compile="auto"
+) -> dict[str, Attack]:
+    """The attacks of `ATTACK_NAMES` and `TRANSFER_ATTACK` with their budgets.
+
+    Epsilon is given at run time. Step sizes are `STEP_FRACTION` x epsilon for PGD, CW and MIM;
+    APGD sets its own (2 x epsilon, then halved at its checkpoints).
+    """
+
+    def fgsm(model, x, y, epsilon, seed):
+        del seed
+        return robust_attacks.fgsm(model, x, y, epsilon=epsilon, jit_compile=jit_compile)
+
+    def mim(model, x, y, epsilon, seed):
+        del seed
+        return robust_attacks.mim(
+            model,
+            x,
+            y,
+            epsilon=epsilon,
+            step_size=STEP_FRACTION * epsilon if epsilon > 0 else 1.0,
+            num_steps=MIM_STEPS,
+            jit_compile=jit_compile,
+        )
+
+    def bound(function, **fixed):
+        """`function` as an `Attack.run`, with this suite's budgets and compile policy."""
+
+        def run(model, x, y, epsilon, seed):
+            return function(
+                model, x, y, epsilon=epsilon, seed=seed, jit_compile=jit_compile, **fixed
+            )
+
+        return run
+
+    def apgd(norm, loss):
+        return bound(
+            robust_attacks.apgd, norm=norm, num_steps=apgd_steps, loss=loss, restarts=restarts
+        )
+
+    square = bound(robust_attacks.square, num_queries=square_queries)
+    square_2 = bound(square_l2.square_l2, num_queries=square_queries)
+
+    def fab_t(norm):
+        return bound(fab.fab_t, norm=norm, num_steps=apgd_steps, restarts=restarts)
+
+    def apgd_t(norm):
+        return Attack(
+            f"apgd_t_{norm}",
+            norm,
+            apgd_steps,
+            restarts,
+            1,
+            apgd(norm, "dlr_targeted"),
+            f"APGD-T (targeted DLR), up to {targets} target classes x {apgd_steps} iterations "
+            f"per restart",
+        )
+
+    def fab_attack(norm):
+        return Attack(
+            f"fab_t_{norm}",
+            norm,
+            apgd_steps,
+            restarts,
+            1,
+            fab_t(norm),
+            f"FAB-T (minimum-norm, targeted), up to {fab.TARGET_CLASSES} target classes x "
+            f"{apgd_steps} iterations per restart, alpha_max {fab.ALPHA_MAX:g}, eta {fab.ETA:g}, "
+            f"beta {fab.BETA:g}; adversarial if its distance is within epsilon",
+        )
+
+    targets = robust_attacks.APGD_TARGET_CLASSES
+    suite = [
+        Attack("fgsm_linf", "linf", 1, 1, 1, fgsm, "FGSM, one step of epsilon from x"),
+        _pgd_attack("pgd20_linf", "linf", 20, restarts, jit_compile),
+        _pgd_attack("pgd100_linf", "linf", 100, restarts, jit_compile),
+        _pgd_attack(
+            "cw_linf",
+            "linf",
+            CW_STEPS,
+            restarts,
+            jit_compile,
+            loss="cw",
+            description=(
+                f"CW-inf: PGD-{CW_STEPS} on the CW margin (kappa {pgd_attacks.CW_KAPPA:g}), random "
+                f"start, step {STEP_FRACTION:g} x epsilon"
+            ),
+        ),
+        Attack(
+            "mim_linf",
+            "linf",
+            MIM_STEPS,
+            1,
+            1,
+            mim,
+            f"MIM-{MIM_STEPS}, decay 1.0, step {STEP_FRACTION:g} x epsilon, from x",
+        ),
+        Attack(
+            "apgd_ce_linf",
+            "linf",
+            apgd_steps,
+            restarts,
+            1,
+            apgd("linf", "ce"),
+            f"APGD-CE, {apgd_steps} iterations per restart",
+        ),
+        apgd_t("linf"),
+        fab_attack("linf"),
+        Attack(
+            "square_linf",
+            "linf",
+            square_queries,
+            1,
+            1,
+            square,
+            f"Square Attack, {square_queries} queries (steps = queries), p_init 0.8",
+        ),
+        _pgd_attack("pgd20_l2", "l2", 20, restarts, jit_compile),
+        _pgd_attack("pgd100_l2", "l2", 100, restarts, jit_compile),
+        Attack(
+            "apgd_ce_l2",
+            "l2",
+            apgd_steps,
+            restarts,
+            1,
+            apgd("l2", "ce"),
+            f"APGD-CE, {apgd_steps} iterations per restart",
+        ),
+        apgd_t("l2"),
+        fab_attack("l2"),
+        Attack(
+            "square_l2",
+            "l2",
+            square_queries,
+            1,
+            1,
+            square_2,
+            f"Square Attack (l_2), {square_queries} queries (steps = queries), p_init 0.8",
+        ),
+    ]
+    suite.append(
+        _pgd_attack(
+            TRANSFER_ATTACK,
+            "linf",
+            20,
+            restarts,
+            jit_compile,
+            description=(
+                f"PGD-20 (CE) on the surrogate model, random start, step {STEP_FRACTION:g} x "
+                f"epsilon, evaluated on the model"
+            ),
+        )
+    )
+    return {attack.name: attack for attack in suite}
+
+
+def expand_attacks(attacks) -> list[str]:
+    """The attack names of `attacks`: None (the default list), a name of `ATTACK_SETS`, or names."""
+    if attacks is None:
+        return list(DEFAULT_ATTACKS)
+    if isinstance(attacks, str):
+        attacks = [attacks]
+    attacks = list(attacks)
+    if len(attacks) == 1 and attacks[0] in ATTACK_SETS:
+        return list(ATTACK_SETS[attacks[0]])
+    return attacks
+
+
+def selected_attacks(suite, names, *, num_classes: int, transfer: bool) -> list[tuple[str, Attack]]:
+    """The attacks to run, in `ATTACK_NAMES` order, then the transfer attack if asked."""
+    left_out = [name for name in TARGETED_DLR_ATTACKS if name in names and num_classes < 4]
+    for name in left_out:
+        logging.warning("%s left out: targeted DLR needs >= 4 classes, got %d", name, num_classes)
+    runs = [(name, suite[name]) for name in ATTACK_NAMES if name in names and name not in left_out]
+    if transfer:
+        runs.append((TRANSFER_ATTACK, suite[TRANSFER_ATTACK]))
+    return runs
+
+
+def check_threat_model(name, x_adv, x, norm, epsilon):
+    """Raises RuntimeError if an attack left the ball or the pixel box (it would inflate success)."""
+    delta = (x_adv - x).reshape(len(x), -1)
+    if norm == "linf":
+        distance = np.max(np.abs(delta), axis=1)
+    else:
+        distance = np.sqrt(np.sum(np.square(delta.astype(np.float64)), axis=1))
+    if distance.max(initial=0.0) > epsilon * (1 + BALL_TOLERANCE) + BALL_TOLERANCE:
+        raise RuntimeError(
+            f"{name} left the {norm} ball of radius {epsilon}: distance {distance.max()}"
+        )
+    if x_adv.min(initial=0.0) < 0.0 or x_adv.max(initial=1.0) > 1.0 or not np.isfinite(x_adv).all():
+        raise RuntimeError(f"{name} left the [0, 1] pixel box or produced non-finite pixels")
+
+
+def check_arguments(
+    epsilon_linf,
+    epsilon_l2,
+    batch_size,
+    restarts,
+    apgd_steps,
+    square_queries,
+    names,
+    reference,
+    epsilon_fractions,
+):
+    """Raises ValueError, naming the argument and its value, for an invalid evaluation."""
+    for flag, value in (("epsilon_linf", epsilon_linf), ("epsilon_l2", epsilon_l2)):
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+    for flag, value in (
+        ("batch_size", batch_size),
+        ("restarts", restarts),
+        ("apgd_steps", apgd_steps),
+        ("square_queries", square_queries),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
+    unknown = [name for name in names if name not in ATTACK_NAMES]
+    if unknown or not names:
+        raise ValueError(f"attacks must be a non-empty subset of {ATTACK_NAMES}, got {names}")
+    if reference is not None and reference not in REFERENCES:
+        raise ValueError(f"reference must be None or one of {REFERENCES}, got {reference!r}")
+    fractions = list(epsilon_fractions)
+    if fractions != sorted(fractions) or any(not f >= 0 for f in fractions):
+        raise ValueError(f"epsilon_fractions must be increasing and >= 0, got {epsilon_fractions}")
+
+
+def predict_labels(model, x: np.ndarray) -> np.ndarray:
+    """The labels `model` predicts for the images `x` (inference mode)."""
+    return np.argmax(np.asarray(model(tf.constant(x), training=False)), axis=-1)
