@@ -130,7 +130,8 @@ def _check_budget(norm, epsilon, step_size, num_steps):
         raise ValueError(f"step_size must be > 0, got {step_size}")
 
 
-def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss, seed):
+def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss, seed, compute_dtype):
+    del compute_dtype  # part of the trace key only (`trace_key`)
     """The PGD iterations; wrapped below in a graph-mode and an XLA `tf.function`."""
     x = tf.convert_to_tensor(x, tf.float32)
     delta = (
@@ -151,7 +152,8 @@ def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss, s
     return x_adv
 
 
-def _trades_pgd(model, x, epsilon, step_size, num_steps, seed):
+def _trades_pgd(model, x, epsilon, step_size, num_steps, seed, compute_dtype):
+    del compute_dtype  # part of the trace key only (`trace_key`)
     """TRADES inner maximisation (Zhang et al. 2019, Alg. 1): l_inf PGD on KL(f(x) || f(x'))."""
     x = tf.convert_to_tensor(x, tf.float32)
     clean_probs = tf.stop_gradient(tf.nn.softmax(tf.cast(model(x, training=False), tf.float32)))
@@ -176,7 +178,8 @@ def kl_divergence(target_probs: tf.Tensor, log_probs: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(target_probs * (safe_log_target - log_probs), axis=-1)
 
 
-def _msd(model, x, y, norms, epsilons, step_sizes, num_steps):
+def _msd(model, x, y, norms, epsilons, step_sizes, num_steps, compute_dtype):
+    del compute_dtype  # part of the trace key only (`trace_key`)
     """Multi steepest descent (Maini et al. 2020): per step and example, the best norm's step."""
     x = tf.convert_to_tensor(x, tf.float32)
     delta = tf.zeros_like(x)
@@ -197,6 +200,16 @@ def _msd(model, x, y, norms, epsilons, step_sizes, num_steps):
             best_loss = tf.maximum(loss, best_loss)
         delta = tf.stop_gradient(best_delta)
     return x + delta
+
+
+def trace_key(model) -> str | None:
+    """The model's compute dtype, passed to the compiled attacks as a Python argument.
+
+    `tf.function` keys its traces on the model object, not on the dtype policy its layers had
+    when traced: without this key, a network traced in bf16 during training would be attacked
+    by that bf16 trace after `precision.float32_compute` switched it to float32.
+    """
+    return getattr(model, "compute_dtype", None)
 
 
 _PGD_GRAPH = tf.function(_pgd, jit_compile=False)
@@ -261,6 +274,7 @@ def pgd(
         bool(random_start),
         loss,
         seed,
+        trace_key(model),
     )
 
 
@@ -288,7 +302,9 @@ def trades_pgd(
     """
     _check_budget("linf", epsilon, step_size, num_steps)
     compiled = _TRADES_XLA if resolve_jit_compile(jit_compile) else _TRADES_GRAPH
-    return compiled(model, x, float(epsilon), float(step_size), int(num_steps), seed)
+    return compiled(
+        model, x, float(epsilon), float(step_size), int(num_steps), seed, trace_key(model)
+    )
 
 
 def msd(
@@ -325,4 +341,5 @@ def msd(
         tuple(map(float, epsilons)),
         tuple(map(float, step_sizes)),
         int(num_steps),
+        trace_key(model),
     )

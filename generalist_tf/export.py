@@ -14,11 +14,10 @@ import os
 import shutil
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from generalist_tf import files
+from generalist_tf import files, precision
 
 SIGNATURE = "serving_default"
 
@@ -50,12 +49,8 @@ def export_saved_model(network, build_network, path: str) -> None:
     bf16-trained G is served, and attacked by the evaluation suite, as a float32 network
     (half-precision gradients would blunt the attacks and overstate robustness).
     """
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32")
-    try:
+    with precision.dtype_policy("fp32"):
         copy = build_network()
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
     copy.set_weights(network.get_weights())
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from generalist_tf import cli, files  # noqa: E402
+from generalist_tf import cli, files, timing  # noqa: E402
+
+# Before any TensorFlow import: the interpreter's own start-up, and where ours begins.
+_INTERPRETER_SECONDS = timing.seconds_since_process_start()
+_STARTED = time.perf_counter()
 
 FLAGS = flags.FLAGS
 FLAGS_RECORD = "flags.cfg"
@@ -188,6 +193,10 @@ def _run(config, strategy) -> None:
     from generalist_tf import data, train
     from generalist_tf.algorithm import callbacks
 
+    if _INTERPRETER_SECONDS is not None:
+        timing.RUN.add("interpreter start-up", _INTERPRETER_SECONDS)
+    # Flags, TensorFlow's import and initialisation, the strategy, the workdir checks.
+    timing.RUN.add("imports and set-up", time.perf_counter() - _STARTED)
     try:
         if config.mode == "train":
             results = train.train(config, strategy)

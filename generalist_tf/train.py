@@ -7,12 +7,24 @@ checkpoints and TensorBoard; evaluates on the test split; exports G; writes `res
 from __future__ import annotations
 
 import os
+import time
 
 import keras
 import numpy as np
 from absl import logging
 
-from generalist_tf import api, checkpoints, data, distribute, export, files, model_card, models
+from generalist_tf import (
+    api,
+    checkpoints,
+    data,
+    distribute,
+    export,
+    files,
+    model_card,
+    models,
+    precision,
+    timing,
+)
 from generalist_tf.algorithm import generalist
 from generalist_tf.config import Config
 
@@ -117,7 +129,7 @@ def _labels(model: generalist.Generalist, best_epoch: int, emas: bool) -> dict[s
     return labels
 
 
-POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+POLICIES = precision.POLICIES
 
 
 def make_strategy(config: Config):
@@ -152,12 +164,53 @@ def train(config: Config, strategy=None) -> dict:
     Raises:
       data.DataError, ValueError: bad dataset or configuration (one-line messages).
     """
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(POLICIES[distribute.resolve_precision(config.precision)])
-    try:
+    with precision.dtype_policy(distribute.resolve_precision(config.precision)):
         return _train(config, strategy or make_strategy(config))
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
+
+
+class FitTimer(keras.callbacks.Callback):
+    """Wall time of `fit`'s epochs split into training and validation, for `timing.RUN`.
+
+    The first epoch's training time minus the median of the others' is its one-off cost:
+    tracing and compiling the train function (and the first fill of the input pipeline).
+    """
+
+    def __init__(self, phases: timing.Phases):
+        super().__init__()
+        self.phases = phases
+        self.train_seconds: list[float] = []
+        self._epoch = self._test = 0.0
+        self._validation = 0.0
+        self._validations = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._validation = time.perf_counter(), 0.0
+
+    def on_test_begin(self, logs=None):
+        self._test = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        seconds = time.perf_counter() - self._test
+        self._validation += seconds
+        self._validations += 1
+        self.phases.add("first validation" if self._validations == 1 else "validation", seconds)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.train_seconds.append(time.perf_counter() - self._epoch - self._validation)
+
+    def record(self, fit_seconds: float) -> None:
+        """Adds `training epochs`, `first epoch's extra (tracing)` (with two epochs or more)
+        and `fit set-up and teardown`: `fit_seconds` less the epochs and validations."""
+        if not self.train_seconds:
+            return
+        first = self.train_seconds[0]
+        steady = float(np.median(self.train_seconds[1:])) if len(self.train_seconds) > 1 else first
+        self.phases.add("first epoch's extra (tracing)", first - steady)
+        self.phases.add("training epochs", sum(self.train_seconds) - first + steady)
+        validation = sum(self.phases.wall.get(n, 0.0) for n in ("first validation", "validation"))
+        self.phases.add(
+            "fit set-up and teardown", fit_seconds - sum(self.train_seconds) - validation
+        )
 
 
 def _check_steps_per_execution(config: Config, steps_per_epoch: int, offset: int) -> None:
@@ -184,9 +237,11 @@ def _train(config: Config, strategy) -> dict:
     logging.info(
         "strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync
     )
-    arrays = data.load(
-        config.dataset, data_dir=config.data_dir, train_examples=config.train_examples
-    )
+    phases = timing.RUN
+    with phases.phase("data"):
+        arrays = data.load(
+            config.dataset, data_dir=config.data_dir, train_examples=config.train_examples
+        )
     steps_per_epoch = config.steps_per_epoch or len(arrays.x_train) // config.batch_size
     if len(arrays.x_train) < config.batch_size:
         raise ValueError(
@@ -194,18 +249,19 @@ def _train(config: Config, strategy) -> dict:
         )
     _check_steps_per_execution(config, steps_per_epoch, 0)
     build_network = network_builder(config, arrays)
-    with strategy.scope():
-        model = build_generalist(config, build_network, steps_per_epoch)
-    manager = checkpoints.Manager(
-        config.workdir,
-        model,
-        strategy=strategy,
-        keep=config.keep_checkpoints,
-        every_steps=config.checkpoint_every_steps,
-        restart=config.restart,
-        chief=chief,
-    )
-    start_step = manager.restore_or_initialize()
+    with phases.phase("build and restore"):
+        with strategy.scope():
+            model = build_generalist(config, build_network, steps_per_epoch)
+        manager = checkpoints.Manager(
+            config.workdir,
+            model,
+            strategy=strategy,
+            keep=config.keep_checkpoints,
+            every_steps=config.checkpoint_every_steps,
+            restart=config.restart,
+            chief=chief,
+        )
+        start_step = manager.restore_or_initialize()
     if config.restart and chief:
         for name in (EXPORT_BEST, EXPORT_LAST):
             if os.path.isdir(os.path.join(config.workdir, name)):
@@ -227,7 +283,8 @@ def _train(config: Config, strategy) -> dict:
     model.set_evaluated(best=False, emas=config.val_emas)
     # `fit` runs the algorithm's callbacks (mixing, best-G choice, NaN guard) first, so an
     # epoch-end checkpoint includes the best G.
-    fit_callbacks = [manager.callback(start_step)]
+    fit_timer = FitTimer(phases)
+    fit_callbacks = [manager.callback(start_step), fit_timer]
     if chief:
         fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.workdir, TENSORBOARD)))
 
@@ -250,6 +307,7 @@ def _train(config: Config, strategy) -> dict:
 
     epoch, offset = divmod(start_step, steps_per_epoch)
     _check_steps_per_execution(config, steps_per_epoch, offset)
+    fit_start = time.perf_counter()
     if offset and epoch < config.epochs:
         # Resumed inside an epoch: finish it (its remaining steps, then validation and the
         # epoch-end callbacks), then continue with whole epochs.
@@ -257,6 +315,7 @@ def _train(config: Config, strategy) -> dict:
         epoch += 1
     if epoch < config.epochs:
         fit(epoch * steps_per_epoch, config.epochs, epoch, steps_per_epoch)
+    fit_timer.record(time.perf_counter() - fit_start)
     manager.cleanup()
     best_epoch = int(model.best_epoch.numpy())
 
@@ -270,8 +329,16 @@ def _train(config: Config, strategy) -> dict:
             num_examples=config.table_examples,
         )
     )
-    test = {k: float(v) for k, v in model.evaluate(test_data, return_dict=True, verbose=0).items()}
-    validation = {k: float(v) for k, v in model.evaluate(val, return_dict=True, verbose=0).items()}
+    # In float32 whatever the training precision (the numbers are measurements, `precision`).
+    with (
+        phases.phase("final table"),
+        precision.float32_compute(model.evaluated_networks().values()),
+    ):
+        model.test_function = None  # traced anew, in float32
+        test = model.evaluate(test_data, return_dict=True, verbose=0)
+        validation = model.evaluate(val, return_dict=True, verbose=0)
+    test = {k: float(v) for k, v in test.items()}
+    validation = {k: float(v) for k, v in validation.items()}
     test["networks"] = _labels(model, best_epoch, config.val_emas)
     results = {
         "dataset": config.dataset,
@@ -317,31 +384,35 @@ def _train(config: Config, strategy) -> dict:
         model_card.write(os.path.join(config.workdir, name), card)
 
     if chief:
-        export.export_saved_model(
-            model.best_network, build_network, os.path.join(config.workdir, EXPORT_BEST)
-        )
-        export.export_saved_model(
-            model.global_network, build_network, os.path.join(config.workdir, EXPORT_LAST)
-        )
-        write_card(EXPORT_BEST)
-        write_card(EXPORT_LAST)
+        with phases.phase("export"):
+            export.export_saved_model(
+                model.best_network, build_network, os.path.join(config.workdir, EXPORT_BEST)
+            )
+            export.export_saved_model(
+                model.global_network, build_network, os.path.join(config.workdir, EXPORT_LAST)
+            )
+            write_card(EXPORT_BEST)
+            write_card(EXPORT_LAST)
     if chief and config.final_eval:
-        # The evaluation suite on the exported G (test split), as `--mode=eval` would run it.
-        from generalist_tf.evaluation import commands, writers
+        with phases.phase("attack suite"):
+            # The evaluation suite on the exported G (test split), as `--mode=eval` would run it.
+            from generalist_tf.evaluation import commands, writers
 
-        report = commands.run_on_export(
-            config, os.path.join(config.workdir, EXPORT_BEST), config.workdir, strategy=strategy
-        )
-        results["robustness"] = {
-            "of": EXPORT_BEST,
-            "report": writers.REPORT_JSON,
-            "clean_accuracy": report["clean_accuracy"],
-            "worst_case": report["worst_case"],
-            "union_accuracy": report["union_accuracy"],
-            "alarms": report["alarms"],
-        }
-        write_card(EXPORT_BEST, report, report["table"])
-        table += "\n\nAttack suite on the exported G (test split):\n" + report["table"]
+            report = commands.run_on_export(
+                config, os.path.join(config.workdir, EXPORT_BEST), config.workdir, strategy=strategy
+            )
+            results["robustness"] = {
+                "of": EXPORT_BEST,
+                "report": writers.REPORT_JSON,
+                "clean_accuracy": report["clean_accuracy"],
+                "worst_case": report["worst_case"],
+                "union_accuracy": report["union_accuracy"],
+                "alarms": report["alarms"],
+            }
+            write_card(EXPORT_BEST, report, report["table"])
+            table += "\n\nAttack suite on the exported G (test split):\n" + report["table"]
+    results["timings"] = phases.as_dict()
+    logging.info("time: %s", phases.summary())
     if chief:
         files.write_json(os.path.join(config.workdir, RESULTS), results, indent=2)
     results["table"] = table

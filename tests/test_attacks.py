@@ -185,8 +185,11 @@ def test_xla_equals_graph_mode_without_random_start(fitted, batch, norm):
         ).numpy()
         for jit in ("false", "true")
     ]
-    # XLA and oneDNN round float32 convolutions differently; over 10 steps that reaches ~1e-5.
-    np.testing.assert_allclose(runs[0], runs[1], atol=1e-4)
+    # XLA and oneDNN round float32 convolutions differently; over 10 steps that reaches ~1e-5 on
+    # an AVX2 CPU and 1.6e-4 (25 of 4,096 pixels above 1e-4, l_2) on an AVX512/AMX Xeon, whose
+    # oneDNN kernels accumulate in another order. A wrong step would move pixels by ~step_size.
+    np.testing.assert_allclose(runs[0], runs[1], atol=1e-3)
+    assert np.mean(np.abs(runs[0] - runs[1])) < 1e-5
 
 
 @pytest.mark.parametrize("jit_compile", ["false", "true"])

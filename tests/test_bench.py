@@ -24,6 +24,8 @@ HEADLINE_KEYS = (
     "resnet18_forward_gflops",
     "generalist_d_epoch_tflop",
     "generalist_d_over_pgd_at_floor",
+    "generalist_d_over_floor",
+    "generalist_d_over_floor_bf16",
 )
 # CIFAR ResNet-18 by hand, in multiply-adds: the 3x3 stem (3 -> 64 at 32x32), four 3x3 64 -> 64
 # convs at 32x32, then per later stage (output side s = 16, 8, 4; width c = 128, 256, 512) one
@@ -86,6 +88,41 @@ def test_images_per_second_follow_from_the_times(result):
     )
 
 
+def test_floor_follows_from_the_times_of_its_group(result):
+    """a = attack time / K, t = standard step, floor = (K*a + 2t)/(K*a + t), overhead = the
+    Generalist-D / PGD-AT ratio over it, for both precisions; each from the reported medians."""
+    times, floors = result["times_s"], result["floors"]
+    k = bench.make_config(bench.DIGITS_FLAGFILE, variant="pgd_at").linf_attack.num_steps
+    for sfx in ("", "_bf16"):
+        attack = times[f"digits_cnn/attack/pgd{sfx}"]
+        t = times[f"digits_cnn/step/standard{sfx}"]
+        assert floors[f"digits_cnn/attack_iteration_s{sfx}"] == pytest.approx(attack / k)
+        floor = (attack + 2 * t) / (attack + t)
+        assert floors[f"digits_cnn/floor{sfx}"] == pytest.approx(floor)
+        assert 1.0 < floor < 2.0
+        ratio = times[f"digits_cnn/step/generalist_d{sfx}"] / times[f"digits_cnn/step/pgd_at{sfx}"]
+        assert result[f"generalist_d_over_floor{sfx}"] == pytest.approx(ratio / floor)
+    assert result["targets"]["generalist_d_over_floor"]["threshold"] == 1.03
+    assert "generalist_d_over_pgd_at" not in result["targets"]  # the FLOPs-floor target is retired
+
+
+def test_floor_ratio_by_hand():
+    # K*a = 10 x 5 ms, t = 10 ms: (50 + 20) / (50 + 10).
+    assert bench.floor_ratio(0.05, 0.01) == pytest.approx(70 / 60)
+
+
+def test_bf16_cause_times_every_case_and_counts_its_casts(result):
+    for case in bench.BF16_CAUSES:
+        speedup = result[f"bf16_cause/{case}/speedup"]
+        times = result["times_s"]
+        assert speedup == pytest.approx(
+            times[f"bf16_cause/{case}/fp32"] / times[f"bf16_cause/{case}/bf16"]
+        )
+        assert result["bf16_casts"][case] > 0  # mixed precision casts at the layer boundaries
+    table = bench.format_table(result)
+    assert "where bf16 pays" in table and "the device's floor, bf16" in table
+
+
 def test_target_flags_agree_with_their_values(result):
     targets = result["targets"]
     assert set(bench.TARGETS) <= set(targets)
@@ -128,11 +165,11 @@ def test_cost_model_of_resnet18(result):
     cost = result["cost_model"]
     assert result["resnet18_forward_gflops"] == pytest.approx(RESNET18_FORWARD_GFLOPS, rel=1e-12)
     k = cost["num_steps"]
-    assert cost["forward_passes_per_image_generalist_d"] == 3 * (k + 2) + 1
-    assert cost["forward_passes_per_image_pgd_at"] == 3 * (k + 1) + 1
+    assert cost["forward_passes_per_image_generalist_d"] == 3 * (k + 2)
+    assert cost["forward_passes_per_image_pgd_at"] == 3 * (k + 1)
     assert result["generalist_d_over_pgd_at_floor"] == pytest.approx((k + 2) / (k + 1))
     expected_tflop = (
-        cost["train_images_per_epoch"] * (3 * (k + 2) + 1) * RESNET18_FORWARD_GFLOPS * 1e9 / 1e12
+        cost["train_images_per_epoch"] * (3 * (k + 2)) * RESNET18_FORWARD_GFLOPS * 1e9 / 1e12
     )
     assert result["generalist_d_epoch_tflop"] == pytest.approx(expected_tflop, rel=1e-3)
     assert cost["generalist_d_epoch_gpu_seconds"] == pytest.approx(
@@ -187,8 +224,8 @@ def test_standard_list_against_art_declares_paired_ratios():
 
 
 def test_forward_passes_cover_only_known_learners():
-    assert bench.forward_passes_per_image(("natural", "linf_pgd"), 10) == 37
-    assert bench.forward_passes_per_image(("linf_pgd",), 10) == 34
+    assert bench.forward_passes_per_image(("natural", "linf_pgd"), 10) == 36
+    assert bench.forward_passes_per_image(("linf_pgd",), 10) == 33
     with pytest.raises(ValueError, match="trades"):
         bench.forward_passes_per_image(("trades",), 10)
 

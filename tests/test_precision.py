@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import train
+from generalist_tf import data, models, precision, train
 from tests.helpers_train import config_from
 
 
@@ -46,6 +46,62 @@ def test_half_precision_trains_and_evaluates(tmp_path, precision):
     assert half_precision_ops(loaded.signatures["serving_default"]) == []
     logits = loaded.signatures["serving_default"](images=tf.zeros((2, 8, 8, 1)))["logits"]
     assert logits.dtype == tf.float32
+    # The final table is a float32 measurement: the exported G's clean accuracy in it is the
+    # float32 export's, to the example (its attack runs in float32: the test below).
+    arrays = data.load(cfg.dataset)
+    examples = data.eval_dataset(
+        arrays.x_test,
+        arrays.y_test,
+        batch_size=cfg.eval_batch_size,
+        num_examples=cfg.table_examples,
+    )
+    serve = loaded.signatures["serving_default"]
+    correct = sum(
+        int(tf.reduce_sum(tf.cast(tf.argmax(serve(images=x)["logits"], 1) == y, tf.int32)))
+        for x, y in examples
+    )
+    total = sum(len(y) for _, y in examples)
+    assert test["best/clean_accuracy"] == pytest.approx(correct / total, abs=1e-6)
+
+
+def test_the_final_evaluation_step_of_a_bf16_generalist_runs_in_float32():
+    """`train` evaluates the table inside `precision.float32_compute`: there `test_step` (clean
+    pass and PGD of every evaluated network) has no half-precision op; outside it, it has."""
+    import generalist_tf as gtf
+
+    with precision.dtype_policy("bf16"):
+        model = gtf.build_generalist(
+            lambda: models.build("digits_cnn", (8, 8, 1), 10),
+            epochs=2,
+            steps_per_epoch=1,
+            linf_attack=gtf.Attack("linf", 0.1, 0.05, 2),
+            communication=None,
+        )
+    model.set_evaluated(best=True, emas=True)
+    x = tf.random.stateless_uniform((4, 8, 8, 1), seed=[0, 1])
+    y = tf.constant([0, 1, 2, 3], tf.int64)
+
+    def traced_test_step():
+        return tf.function(model.test_step).get_concrete_function((x, y))
+
+    assert half_precision_ops(traced_test_step())
+    with precision.float32_compute(model.evaluated_networks().values()):
+        assert half_precision_ops(traced_test_step()) == []
+    assert half_precision_ops(traced_test_step())
+
+
+def test_float32_compute_runs_a_bf16_network_in_float32_and_restores_it():
+    with precision.dtype_policy("bf16"):
+        network = models.build("digits_cnn", (8, 8, 1), 10)
+    x = tf.random.stateless_uniform((4, 8, 8, 1), seed=[0, 1])
+    assert network(x).dtype == tf.bfloat16
+    with precision.float32_compute([network]):
+        traced = tf.function(lambda images: network(images, training=False))
+        concrete = traced.get_concrete_function(x)
+        assert half_precision_ops(concrete) == []
+        assert network(x).dtype == tf.float32
+    assert network(x).dtype == tf.bfloat16
+    assert half_precision_ops(tf.function(lambda i: network(i)).get_concrete_function(x))
 
 
 def test_precision_auto_detects_native_bf16(monkeypatch):

@@ -50,8 +50,17 @@ from cleverhans.tf2.attacks.projected_gradient_descent import (  # noqa: E402
     projected_gradient_descent,
 )
 
-from generalist_tf import attacks, cli, config, data, distribute, models, train  # noqa: E402
+from generalist_tf import (  # noqa: E402
+    attacks,
+    cli,
+    config,
+    data,
+    distribute,
+    models,
+    train,
+)
 from generalist_tf.algorithm import callbacks  # noqa: E402
+from generalist_tf.precision import dtype_policy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS_FLAGFILE = "flags/digits_common.cfg"
@@ -106,8 +115,10 @@ TARGETS = {
     "pgd_speedup_vs_cleverhans": Target(
         ">=", 1.3, "PGD-10 time of cleverhans as shipped / ours with jit_compile=auto"
     ),
-    "generalist_d_over_pgd_at": Target(
-        "<=", 1.12, "Generalist-D step incl. mixing / PGD-AT step, same model, batch and K"
+    "generalist_d_over_floor": Target(
+        "<=",
+        1.03,
+        "(Generalist-D step incl. mixing / PGD-AT step) / (K*a + 2t)/(K*a + t), a and t measured",
     ),
     "mixing_fraction": Target(
         "<=", 0.03, "EMAs + G alone / Generalist-D step incl. them (no communication)"
@@ -119,7 +130,11 @@ TARGETS = {
 # Reported without a target.
 REPORTED = {
     "two_replicas_over_one": "Generalist-D step time on 2 replicas / on 1 (same global batch)",
+    "bf16_speedup": "Generalist-D step on the CIFAR ResNet-18, fp32 time / bf16 time",
 }
+SMALL_CNN = "small_cnn"
+FASHION_FLAGFILE = "flags/fashion_mnist_common.cfg"
+FASHION_IMAGE_SHAPE = (28, 28, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +167,11 @@ class Settings:
     resnet18_policies: tuple[str, ...]
     # Timed samples of the standard list against ART on digits (0 skips the group).
     standard_repeats: int = 0
+    # Precisions of the train-step groups (interleaved in one group per model).
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    # SmallCNN at 28x28 (the Fashion-MNIST protocol's model and budget); batch 0 skips it.
+    small_cnn_batch_size: int = 0
+    small_cnn_repeats: int = 0
 
 
 ALL_POLICIES = ("false", "true", "auto")
@@ -168,6 +188,8 @@ SETTINGS = {
         resnet18_repeats=7,
         resnet18_policies=ALL_POLICIES,
         standard_repeats=5,
+        small_cnn_batch_size=128,
+        small_cnn_repeats=9,
     ),
     # XLA of ResNet-18 on CPU compiles for ~30 s and runs ~3.5x slower than graph mode (measured
     # here), so --quick leaves it out there (on CPU `auto` is graph mode), and shrinks the batch.
@@ -183,6 +205,8 @@ SETTINGS = {
         resnet18_repeats=3,
         resnet18_policies=("false", "auto"),
         standard_repeats=3,
+        small_cnn_batch_size=128,
+        small_cnn_repeats=3,
     ),
     "tiny": Settings(
         mode="tiny",
@@ -261,6 +285,8 @@ class Recorder:
         self.samples: dict[str, list[float]] = {}
         self.first_call: dict[str, float] = {}
         self.ratios: dict[str, tuple[str, str]] = {}
+        # model prefix -> (K, precisions) of a `bench_steps` group, for `floors`.
+        self.floors: dict[str, tuple[int, tuple[str, ...]]] = {}
 
     def time(self, prefix: str, variants: dict, **kwargs) -> None:
         logging.info("timing %s: %s", prefix, ", ".join(variants))
@@ -299,6 +325,57 @@ class Recorder:
             paired = [x / y for x, y in zip(self.samples[a], self.samples[b])]
             out[key] = [min(paired), max(paired)]
         return out
+
+
+def suffix(precision: str) -> str:
+    """The name suffix of a precision's variants and keys: none for fp32, `_bf16` for bf16."""
+    return "" if precision == "fp32" else f"_{precision}"
+
+
+def in_policy(precision: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` called under the precision's policy (its first call traces under it)."""
+    if precision == "fp32":
+        return fn
+
+    def run():
+        with dtype_policy(precision):
+            return fn()
+
+    return run
+
+
+def floor_ratio(attack_seconds: float, step_seconds: float) -> float:
+    """The lowest Generalist-D / PGD-AT step-time ratio this device allows: (K*a + 2t)/(K*a + t).
+
+    `attack_seconds` is the training attack's time (K iterations of `a` each) and `step_seconds`
+    the time `t` of one training pass (forward, backward, update) on the batch. Generalist-D adds
+    one such pass (the natural learner) to PGD-AT's attack and pass; mixing is its only extra.
+    """
+    return (attack_seconds + 2.0 * step_seconds) / (attack_seconds + step_seconds)
+
+
+def floors(rec: Recorder) -> dict[str, float]:
+    """Per model and precision: `a`, `t`, the floor and Generalist-D/PGD-AT over it.
+
+    Keys: `<model>/attack_iteration_s<sfx>` (a), `<model>/train_step_s<sfx>` (t),
+    `<model>/floor<sfx>`, and `<name>generalist_d_over_floor<sfx>` (`<name>` empty for digits,
+    as the other digits headline keys), sfx `suffix(precision)`; all from medians of one group.
+    """
+    medians, ratios, out = rec.medians(), rec.ratio_values(), {}
+    for prefix, (k, precisions) in rec.floors.items():
+        name = "" if prefix == DIGITS else f"{prefix}/"
+        for precision in precisions:
+            s = suffix(precision)
+            attack = medians[f"{prefix}/attack/pgd{s}"]
+            step = medians[f"{prefix}/step/standard{s}"]
+            floor = floor_ratio(attack, step)
+            out[f"{prefix}/attack_iteration_s{s}"] = attack / k
+            out[f"{prefix}/train_step_s{s}"] = step
+            out[f"{prefix}/floor{s}"] = floor
+            out[f"{name}generalist_d_over_floor{s}"] = (
+                ratios[f"{name}generalist_d_over_pgd_at{s}"] / floor
+            )
+    return out
 
 
 # --- building what is timed ---------------------------------------------------------------------
@@ -434,7 +511,7 @@ def forward_passes_per_image(learners: tuple[str, ...], num_steps: int) -> int:
     """Forward-pass equivalents of one training step per image (Generalist: every learner).
 
     natural: one forward+backward pass. An adversarial learner: K forward+backward passes of
-    the attack, one of the training loss, and one forward pass for its clean accuracy.
+    the attack and one of the training loss (its clean-accuracy pass is off by default).
 
     Raises:
       ValueError: a learner this model does not cover.
@@ -444,7 +521,7 @@ def forward_passes_per_image(learners: tuple[str, ...], num_steps: int) -> int:
         if task == "natural":
             total += FORWARD_BACKWARD_PASSES
         elif task in ("linf_pgd", "l2_pgd"):
-            total += FORWARD_BACKWARD_PASSES * (num_steps + 1) + 1
+            total += FORWARD_BACKWARD_PASSES * (num_steps + 1)
         else:
             raise ValueError(f"the cost model covers natural and *_pgd learners, got {task!r}")
     return total
@@ -557,8 +634,7 @@ def bench_pgd(rec: Recorder, prefix: str, network, x, y, attack, policies, **tim
 def bench_steps(
     rec: Recorder,
     prefix: str,
-    cfg_d: config.Config,
-    cfg_at: config.Config,
+    configs: dict[str, config.Config],
     build_network,
     batch,
     *,
@@ -566,30 +642,62 @@ def bench_steps(
     mixing_number: int,
     two_replicas: bool,
     detail: bool,
+    precisions: tuple[str, ...] = ("fp32",),
     **timing,
 ) -> Trainer:
-    """Generalist-D vs PGD-AT steps, the mixing (steps 2-4) alone, and 1 vs 2 replicas.
+    """Generalist-D vs PGD-AT steps against the device's floor, per precision, in one group.
 
-    All in one interleaved group, so every ratio compares times taken under the same load.
-    `detail` adds Generalist-D without its mixing and PGD-AT with its EMA and G.
+    For every precision: the Generalist-D step (steps 1-4), the PGD-AT step, a standard training
+    step `t` and the training attack alone (PGD-K of the PGD-AT network, `K*a`), so the floor
+    (K*a + 2t) / (K*a + t) comes from times taken under the same load as the ratio it bounds
+    (`floors`). fp32 names carry no suffix, the others `_<precision>`. Also in the group: the
+    mixing (steps 2-4) alone and, with `two_replicas`, the fp32 step on 2 replicas; `detail` adds
+    fp32 Generalist-D without its mixing and PGD-AT with its EMA and G.
+
+    Args:
+      configs: the `generalist_d`, `pgd_at` and `standard` configs of one flagfile.
 
     Returns:
-      The single-replica Generalist-D trainer (its model is reused for the fit epoch).
+      The single-replica fp32 Generalist-D trainer (its model is reused for the fit epoch).
     """
     devices = replica_devices()
-    d = make_trainer(cfg_d, build_network, make_strategy(devices[:1]), batch, steps_per_epoch)
-    at = make_trainer(cfg_at, build_network, make_strategy(devices[:1]), batch, steps_per_epoch)
-    variants = {
-        "step/generalist_d": with_mixing(d, d.schedule),
-        "step/pgd_at": with_mixing(at, None),
-    }
-    if detail:
-        variants["step/generalist_d_no_mixing"] = with_mixing(d, None)
-        variants["step/pgd_at_with_ema"] = with_mixing(at, at.schedule)
-    if d.schedule_communication is not None:
-        variants["step/generalist_d_communication"] = with_mixing(d, d.schedule_communication)
+    x, y = batch
+    variants, d = {}, None
+    for precision in precisions:
+        s = suffix(precision)
+        with dtype_policy(precision):
+            built = {
+                name: make_trainer(
+                    configs[name], build_network, make_strategy(devices[:1]), batch, steps_per_epoch
+                )
+                for name in ("generalist_d", "pgd_at", "standard")
+            }
+        gd, at = built["generalist_d"], built["pgd_at"]
+        attack = configs["pgd_at"].linf_attack
+        robust = at.model.learners[0].network
+        jit = configs["pgd_at"].jit_compile
+        under = functools.partial(in_policy, precision)
+        variants[f"step/generalist_d{s}"] = under(with_mixing(gd, gd.schedule))
+        variants[f"step/pgd_at{s}"] = under(with_mixing(at, None))
+        variants[f"step/standard{s}"] = under(with_mixing(built["standard"], None))
+        variants[f"attack/pgd{s}"] = under(lambda a=attack, n=robust: a(n, x, y, jit_compile=jit))
+        if precision == "fp32":
+            d = gd
+            if detail:
+                variants["step/generalist_d_no_mixing"] = with_mixing(gd, None)
+                variants["step/pgd_at_with_ema"] = with_mixing(at, at.schedule)
+            if gd.schedule_communication is not None:
+                variants["step/generalist_d_communication"] = with_mixing(
+                    gd, gd.schedule_communication
+                )
     if two_replicas:
-        d2 = make_trainer(cfg_d, build_network, make_strategy(devices[:2]), batch, steps_per_epoch)
+        d2 = make_trainer(
+            configs["generalist_d"],
+            build_network,
+            make_strategy(devices[:2]),
+            batch,
+            steps_per_epoch,
+        )
         variants["step/generalist_d_2_replicas"] = with_mixing(d2, d2.schedule)
     # Steps 2-4 alone, in the same repeats; their calls are short, so more of them per sample.
     variants["mixing/ema_and_global"] = mixing_only(d, d.schedule)
@@ -602,7 +710,13 @@ def bench_steps(
 
     name = "" if prefix == DIGITS else f"{prefix}/"
     step, mix = f"{prefix}/step", f"{prefix}/mixing"
-    rec.ratio(f"{name}generalist_d_over_pgd_at", f"{step}/generalist_d", f"{step}/pgd_at")
+    for precision in precisions:
+        s = suffix(precision)
+        rec.ratio(
+            f"{name}generalist_d_over_pgd_at{s}", f"{step}/generalist_d{s}", f"{step}/pgd_at{s}"
+        )
+    if "bf16" in precisions and "fp32" in precisions:
+        rec.ratio(f"{prefix}/bf16_speedup", f"{step}/generalist_d", f"{step}/generalist_d_bf16")
     if detail:
         rec.ratio(
             f"{name}generalist_d_no_mixing_over_pgd_at",
@@ -627,6 +741,7 @@ def bench_steps(
             f"{step}/generalist_d_2_replicas",
             f"{step}/generalist_d",
         )
+    rec.floors[prefix] = (configs["pgd_at"].linf_attack.num_steps, tuple(precisions))
     return d
 
 
@@ -858,28 +973,117 @@ def build_resnet18() -> keras.Model:
     return models.build(RESNET18, CIFAR10_IMAGE_SHAPE, CIFAR10_CLASSES)
 
 
+def step_configs(flagfile: str, **overrides) -> dict[str, config.Config]:
+    """The `generalist_d`, `pgd_at` and `standard` configs of a flagfile (`bench_steps`)."""
+    return {
+        variant: make_config(flagfile, variant=variant, **overrides)
+        for variant in ("generalist_d", "pgd_at", "standard")
+    }
+
+
+def random_batch(batch: int, shape, classes: int):
+    """A constant batch of uniform images and labels (step times do not depend on content)."""
+    x = tf.random.stateless_uniform((batch, *shape), seed=[0, 1])
+    y = tf.random.stateless_uniform((batch,), seed=[0, 2], maxval=classes, dtype=tf.int64)
+    return x, y
+
+
 def bench_resnet18(rec: Recorder, network: keras.Model, settings: Settings) -> None:
     """The PGD and train-step groups on ResNet-18 with random CIFAR-shaped images."""
     batch = settings.resnet18_batch_size
     timing = dict(repeats=settings.resnet18_repeats, warmup=1, number=1)
-    cfg_d = make_config(CIFAR10_FLAGFILE, variant="generalist_d", model=RESNET18, batch_size=batch)
-    cfg_at = make_config(CIFAR10_FLAGFILE, variant="pgd_at", model=RESNET18, batch_size=batch)
-    x = tf.random.stateless_uniform((batch, *CIFAR10_IMAGE_SHAPE), seed=[0, 1])
-    y = tf.random.stateless_uniform((batch,), seed=[0, 2], maxval=CIFAR10_CLASSES, dtype=tf.int64)
-    bench_pgd(rec, RESNET18, network, x, y, cfg_d.linf_attack, settings.resnet18_policies, **timing)
+    configs = step_configs(CIFAR10_FLAGFILE, model=RESNET18, batch_size=batch)
+    x, y = random_batch(batch, CIFAR10_IMAGE_SHAPE, CIFAR10_CLASSES)
+    attack = configs["generalist_d"].linf_attack
+    bench_pgd(rec, RESNET18, network, x, y, attack, settings.resnet18_policies, **timing)
     bench_steps(
         rec,
         RESNET18,
-        cfg_d,
-        cfg_at,
+        configs,
         build_resnet18,
         (x, y),
         steps_per_epoch=cifar10_steps_per_epoch(batch),
         mixing_number=1,
         two_replicas=False,
         detail=False,
+        precisions=settings.precisions,
         **timing,
     )
+
+
+def bench_small_cnn(rec: Recorder, settings: Settings) -> None:
+    """The train-step group on the Fashion-MNIST protocol's SmallCNN (28x28, its PGD budget)."""
+    batch = settings.small_cnn_batch_size
+    configs = step_configs(FASHION_FLAGFILE, batch_size=batch)
+    bench_steps(
+        rec,
+        SMALL_CNN,
+        configs,
+        lambda: models.build(SMALL_CNN, FASHION_IMAGE_SHAPE, 10),
+        random_batch(batch, FASHION_IMAGE_SHAPE, 10),
+        steps_per_epoch=(60_000 - 1_000) // batch,
+        mixing_number=1,
+        two_replicas=False,
+        detail=False,
+        precisions=settings.precisions,
+        repeats=settings.small_cnn_repeats,
+        warmup=1,
+        number=1,
+    )
+
+
+# Where bf16 pays: the digits CNN at its 8x8 and at 28x28 (the same layers on a 12x larger map),
+# with our BatchNorm (unbiased moving variance: moments and normalisation in float32, two casts
+# per layer) and with Keras' own; SmallCNN (no BatchNorm) at 28x28 for reference.
+BF16_CAUSES = {
+    "digits_cnn_8x8": (DIGITS, (8, 8, 1), "unbiased"),
+    "digits_cnn_28x28": (DIGITS, (28, 28, 1), "unbiased"),
+    "digits_cnn_28x28_keras_bn": (DIGITS, (28, 28, 1), "biased"),
+    "small_cnn_28x28": (SMALL_CNN, (28, 28, 1), "unbiased"),
+}
+
+
+def count_casts(function, x, y) -> int:
+    """Cast ops in the graph of a `tf.function` (nested functions included)."""
+    graph = function.get_concrete_function(x, y).graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return sum(node.op == "Cast" for node in nodes)
+
+
+def bench_bf16_cause(rec: Recorder, *, batch: int, repeats: int, warmup: int) -> dict:
+    """One training pass (forward, backward; no update) per case of `BF16_CAUSES`, fp32 and bf16.
+
+    Declares `bf16_cause/<case>/speedup` (fp32 time / bf16 time) and returns the number of Cast
+    ops in each case's bf16 graph, so the table shows whether bf16's gain follows the size of
+    the convolutions or the casts of our layers.
+    """
+    variants, casts = {}, {}
+    for case, (model, shape, convention) in BF16_CAUSES.items():
+        x, y = random_batch(batch, shape, 10)
+        for precision in ("fp32", "bf16"):
+            with dtype_policy(precision):
+                network = models.build(model, shape, 10, bn_moving_variance=convention)
+
+            @tf.function
+            def training_pass(images, labels, network=network):
+                with tf.GradientTape() as tape:
+                    logits = tf.cast(network(images, training=True), tf.float32)
+                    loss = tf.reduce_mean(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+                    )
+                return tape.gradient(loss, network.trainable_variables)
+
+            name = f"{case}/{precision}"
+            variants[name] = in_policy(precision, functools.partial(training_pass, x, y))
+            if precision == "bf16":
+                with dtype_policy(precision):
+                    casts[case] = count_casts(training_pass, x, y)
+    rec.time("bf16_cause", variants, repeats=repeats, warmup=warmup, number=1)
+    for case in BF16_CAUSES:
+        rec.ratio(
+            f"bf16_cause/{case}/speedup", f"bf16_cause/{case}/fp32", f"bf16_cause/{case}/bf16"
+        )
+    return casts
 
 
 def run(*, quick: bool = False, tiny: bool = False) -> dict:
@@ -892,8 +1096,10 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
     Returns:
       A JSON-serialisable dict: `machine`, `settings`, `times_s` (median seconds per call of
       every variant), `samples_s`, `first_call_s`, `ratio_definitions` (key -> [numerator,
-      denominator] time names), `ratio_ranges`, `images_per_second`, `cost_model`, the headline
-      keys at top level (digits unless prefixed `resnet18/`), and `targets`.
+      denominator] time names), `ratio_ranges`, `floors` (per model and precision: a, t, the
+      floor, Generalist-D over it), `bf16_casts`, `images_per_second`, `cost_model`, the
+      headline keys at top level (digits unless prefixed `resnet18/`; `bf16_speedup` is
+      ResNet-18's), and `targets`.
 
     Raises:
       ValueError: when TensorFlow was initialised before with a single CPU device and no GPU.
@@ -909,8 +1115,8 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
 
     # digits: the real 8x8 images, the flagfile's attack budget, batch 128.
     arrays = data.load("digits")
-    cfg_d = make_config(DIGITS_FLAGFILE, variant="generalist_d", batch_size=DIGITS_BATCH_SIZE)
-    cfg_at = make_config(DIGITS_FLAGFILE, variant="pgd_at", batch_size=DIGITS_BATCH_SIZE)
+    configs = step_configs(DIGITS_FLAGFILE, batch_size=DIGITS_BATCH_SIZE)
+    cfg_d = configs["generalist_d"]
     build_digits = train.network_builder(cfg_d, arrays)
     x = tf.constant(arrays.x_train[:DIGITS_BATCH_SIZE])
     y = tf.constant(arrays.y_train[:DIGITS_BATCH_SIZE])
@@ -919,18 +1125,21 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
     trainer = bench_steps(
         rec,
         DIGITS,
-        cfg_d,
-        cfg_at,
+        configs,
         build_digits,
         (x, y),
         steps_per_epoch=len(arrays.x_train) // DIGITS_BATCH_SIZE,
         mixing_number=settings.mixing_number,
         two_replicas=len(replica_devices()) >= 2,
         detail=True,
+        precisions=settings.precisions,
         **timing,
     )
     epoch_images = bench_epoch(
         rec, DIGITS, trainer, arrays, cfg_d, repeats=settings.epoch_repeats, warmup=settings.warmup
+    )
+    casts = bench_bf16_cause(
+        rec, batch=DIGITS_BATCH_SIZE, repeats=settings.repeats, warmup=settings.warmup
     )
     if settings.standard_repeats:
         keras.utils.set_random_seed(cfg_d.seed)
@@ -944,6 +1153,8 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
             square_queries=BENCH_SQUARE_QUERIES,
             repeats=settings.standard_repeats,
         )
+    if settings.small_cnn_batch_size:
+        bench_small_cnn(rec, settings)
 
     # CIFAR ResNet-18: random images (no CIFAR data here), the CIFAR-10 flagfile's budget.
     resnet18 = build_resnet18()
@@ -954,13 +1165,16 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
         make_config(CIFAR10_FLAGFILE, variant="pgd_at", model=RESNET18),
         resnet18,
     )
-    return _assemble(rec, settings, costs, epoch_images, load_start, started)
+    result = _assemble(rec, settings, costs, epoch_images, load_start, started)
+    result["bf16_casts"] = casts
+    return result
 
 
 def _assemble(rec, settings, costs, epoch_images, load_start, started) -> dict:
     """The result dict: measurements, ratios, throughputs, cost model and target checks."""
     medians = rec.medians()
     ratios = rec.ratio_values()
+    derived = floors(rec)
     images_per_second = {
         "digits_cnn/fit_generalist_d_epoch": epoch_images
         / medians[f"{DIGITS}/epoch/fit_generalist_d"],
@@ -990,11 +1204,18 @@ def _assemble(rec, settings, costs, epoch_images, load_start, started) -> dict:
         "first_call_s": rec.first_call,
         "ratio_definitions": {k: list(v) for k, v in rec.ratios.items()},
         "ratio_ranges": rec.ratio_ranges(),
+        "floors": derived,
         "paired_ratio_medians": rec.paired_ratio_medians(),
         "images_per_second": images_per_second,
         "cost_model": costs,
     }
     result.update(ratios)
+    # The floor-relative overheads are headline keys too (each from medians of one group).
+    headline = {k: v for k, v in derived.items() if "generalist_d_over_floor" in k}
+    result.update(headline)
+    ratios = {**ratios, **headline}
+    if f"{RESNET18}/bf16_speedup" in ratios:
+        result["bf16_speedup"] = ratios[f"{RESNET18}/bf16_speedup"]
     result["resnet18_forward_gflops"] = costs["resnet18_forward_gflops"]
     result["generalist_d_epoch_tflop"] = costs["generalist_d_epoch_tflop"]
     result["generalist_d_over_pgd_at_floor"] = costs["generalist_d_over_pgd_at_floor"]
@@ -1012,9 +1233,9 @@ def _assemble(rec, settings, costs, epoch_images, load_start, started) -> dict:
             }
     result["targets"] = targets
     result["reported"] = {
-        key: {"value": ratios[key], "meaning": meaning}
+        key: {"value": result[key], "meaning": meaning}
         for key, meaning in REPORTED.items()
-        if key in ratios
+        if key in result
     }
     result["all_targets_met"] = all(t["met"] for t in targets.values())
     return result
@@ -1043,9 +1264,15 @@ def format_table(result: dict) -> str:
     times = result["times_s"]
     machine = result["machine"]
     batch = result["settings"]["resnet18_batch_size"]
-    columns = [DIGITS, RESNET18] if batch else [DIGITS]
-    head = [f"digits_cnn b{DIGITS_BATCH_SIZE}"] + ([f"resnet18 b{batch}"] if batch else [])
+    small = result["settings"]["small_cnn_batch_size"]
+    columns = [DIGITS] + ([SMALL_CNN] if small else []) + ([RESNET18] if batch else [])
+    head = (
+        [f"digits_cnn b{DIGITS_BATCH_SIZE}"]
+        + ([f"small_cnn 28x28 b{small}"] if small else [])
+        + ([f"resnet18 b{batch}"] if batch else [])
+    )
     width = 40
+    derived = result["floors"]
 
     def row(label, cells):
         return f"{label:<{width}}" + "".join(f"{cell:>{width}}" for cell in cells)
@@ -1055,6 +1282,45 @@ def format_table(result: dict) -> str:
 
     def ratio_row(label, key):
         return row(label, [_ratio(result, key if m == DIGITS else f"{m}/{key}") for m in columns])
+
+    def derived_row(label, key, seconds=False):
+        cells = []
+        for m in columns:
+            value = derived.get(f"{m}/{key}", derived.get(key if m == DIGITS else f"{m}/{key}"))
+            cells.append("-" if value is None else _seconds(value) if seconds else f"{value:.3f}")
+        return row(label, cells)
+
+    floor_rows = []
+    for precision in result["settings"]["precisions"]:
+        sfx = suffix(precision)
+        floor_rows += [
+            f"the device's floor, {precision}: (K*a + 2t) / (K*a + t), a and t timed in the group",
+            time_row(f"  Generalist-D incl. mixing, {precision}", f"step/generalist_d{sfx}"),
+            time_row(f"  PGD-AT, {precision}", f"step/pgd_at{sfx}"),
+            time_row(f"  t: standard training step, {precision}", f"step/standard{sfx}"),
+            time_row(f"  K*a: the training attack, {precision}", f"attack/pgd{sfx}"),
+            derived_row("  a: one attack iteration", f"attack_iteration_s{sfx}", seconds=True),
+            ratio_row("  Generalist-D / PGD-AT", f"generalist_d_over_pgd_at{sfx}"),
+            derived_row("  floor", f"floor{sfx}"),
+            derived_row("  Generalist-D / PGD-AT over the floor", f"generalist_d_over_floor{sfx}"),
+        ]
+    if "bf16" in result["settings"]["precisions"]:
+        floor_rows.append(
+            row(
+                "bf16 speedup (Generalist-D step fp32/bf16)",
+                [_ratio(result, f"{m}/bf16_speedup") for m in columns],
+            )
+        )
+    casts = result.get("bf16_casts", {})
+    cause_rows = [
+        f"where bf16 pays: one training pass (no update) at batch {DIGITS_BATCH_SIZE}, fp32 / bf16"
+    ] + [
+        f"  {case:<30} fp32 {_seconds(times.get(f'bf16_cause/{case}/fp32')):>9}  bf16 "
+        f"{_seconds(times.get(f'bf16_cause/{case}/bf16')):>9}  speedup "
+        f"{_ratio(result, f'bf16_cause/{case}/speedup'):>22}  {casts.get(case, '-')} casts"
+        for case in BF16_CAUSES
+        if f"bf16_cause/{case}/fp32" in times
+    ]
 
     load = result["load_average_start"][0], result["load_average_end"][0]
     lines = [
@@ -1085,8 +1351,10 @@ def format_table(result: dict) -> str:
         ratio_row("  Generalist-D / PGD-AT", "generalist_d_over_pgd_at"),
         ratio_row("  Generalist-D w/o mixing / PGD-AT", "generalist_d_no_mixing_over_pgd_at"),
         ratio_row("  Generalist-D / PGD-AT incl. EMA", "generalist_d_over_pgd_at_with_ema"),
+        *floor_rows,
+        *cause_rows,
         row(
-            "  floor (K+2)/(K+1); FLOPs model",
+            "  FLOPs floor (K+2)/(K+1), retired target; FLOPs model",
             [
                 f"{result['cost_model']['generalist_d_over_pgd_at_floor']:.3f}; "
                 f"{result['cost_model']['generalist_d_over_pgd_at_flops']:.3f}"
