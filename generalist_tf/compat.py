@@ -57,7 +57,10 @@ class KerasLoopFixes:
     * `evaluate_one_step`: Keras' `evaluate` with `steps_per_execution` 1 (the same upstream
       bug), also when `fit` validates through it.
     * `_maybe_symbolic_build`: Keras' pre-loop build from replica 0's slice of the first batch
-      (`first_replica_batch`).
+      (`first_replica_batch`), and none at all once everything is built: Keras 3.15 runs it
+      before every `fit` and `evaluate`, drawing a batch from a new distributed iterator even
+      when its own test then finds nothing to build (30 validations of the quickstart paid for
+      30 such iterators).
     """
 
     def make_train_function(self, force=False):
@@ -95,10 +98,21 @@ class KerasLoopFixes:
             self.steps_per_execution = saved
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._nothing_to_build():
+            return  # Keras would still draw a batch from a new distributed iterator to check.
         if iterator is not None and self._distribute_strategy is not None:
             data_batch = first_replica_batch(iterator, self.distribute_strategy)
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _nothing_to_build(self) -> bool:
+        """Keras' own test in `Trainer._symbolic_build` (3.15): every layer, the compiled
+        metrics and loss and the optimizer are built, so its symbolic pass would do nothing."""
+        built = getattr(self, "optimizer", None) is None or self.optimizer.built
+        for name in ("_compile_metrics", "_compile_loss"):
+            part = getattr(self, name, None)
+            built = built and (part is None or part.built)
+        return built and all(layer.built for layer in self._flatten_layers())
 
 
 # --- multi-worker `fit` ----------------------------------------------------------------------

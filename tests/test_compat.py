@@ -91,3 +91,29 @@ def test_uneven_evaluation_batches_give_the_one_device_numbers():
                 tolerance = 1e-5 if key.endswith("loss") else 0
                 np.testing.assert_allclose(b[key], a[key], atol=tolerance, err_msg=key)
     assert 0.2 < a["global/clean_accuracy"] < 1  # trained past chance, not trivially equal
+
+
+def test_a_built_generalist_skips_keras_symbolic_build(monkeypatch):
+    """Every learner, EMA and G is built by its builder, so `fit` and `evaluate` (validation
+    included) never run Keras' symbolic pre-build nor draw its probe batch."""
+    from keras.src.trainers import trainer as keras_trainer
+
+    calls = []
+    original = keras_trainer.Trainer._symbolic_build
+    monkeypatch.setattr(
+        keras_trainer.Trainer,
+        "_symbolic_build",
+        lambda self, *a, **k: calls.append(1) or original(self, *a, **k),
+    )
+    cfg = config_from("smoke.cfg", workdir="/tmp/unused")
+    arrays = data.load("digits")
+    model = build(tf.distribute.OneDeviceStrategy("/cpu:0"), cfg, arrays)
+    assert model._nothing_to_build()
+    stream = data.train_dataset(arrays, batch_size=cfg.batch_size, seed=cfg.seed)
+    val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=64, num_examples=64)
+    model.fit(stream, epochs=2, steps_per_epoch=2, validation_data=val, verbose=0)
+    model.evaluate(val, verbose=0)
+    assert calls == []
+    # An unbuilt layer brings the build back (Keras' own test, which ours mirrors).
+    model.learners[0].built = False
+    assert not model._nothing_to_build()

@@ -115,6 +115,9 @@ class BaseLearner(keras.Model):
             if self.adversarial
             else None
         )
+        # Its networks come built from their builder: nothing is left for Keras to build (an
+        # unbuilt learner made Keras trace the whole Generalist before every fit and evaluate).
+        self.built = True
 
     def call(self, x, training=False):
         return self.network(x, training=training)
