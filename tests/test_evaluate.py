@@ -514,3 +514,40 @@ def test_full_budgets_on_the_whole_test_split(tmp_path):
     accuracy = {name: entry["accuracy"] for name, entry in report["attacks"].items()}
     assert accuracy["apgd_ce_linf"] <= accuracy["pgd20_linf"]
     assert accuracy["apgd_t_linf"] <= accuracy["apgd_ce_linf"]
+
+
+def test_a_bf16_keras_model_is_attacked_in_float32(tmp_path, monkeypatch):
+    """A network built under the bf16 policy gives, by default, the numbers of its float32 copy
+    (same weights, same seed); `compute_dtype=None` attacks it in bf16; it is restored after."""
+    from generalist_tf import models, precision
+
+    fitted = helpers_eval.fitted()
+    with precision.dtype_policy("bf16"):
+        half = models.build("digits_cnn", (8, 8, 1), 10)
+    half.set_weights(fitted.get_weights())
+    seen = set()
+    as_classifier = robust_attacks.as_classifier
+
+    def spy(model):
+        if model is half:
+            seen.add(model.compute_dtype)
+        return as_classifier(model)
+
+    monkeypatch.setattr(robust_attacks, "as_classifier", spy)
+    x, y = helpers_eval.subset(64)
+    options = dict(x=x, y=y, attacks=["pgd20_linf"], **NO_CURVES)
+    ours = _evaluate(half, tmp_path / "half", **options)
+    assert seen == {"float32"}
+    reference = _evaluate(fitted, tmp_path / "fp32", **options)
+    seen.clear()
+    as_is = _evaluate(half, tmp_path / "as_is", compute_dtype=None, **options)
+    assert seen == {"bfloat16"}
+    assert half.compute_dtype == "bfloat16"
+    for key in ("clean_accuracy", "union_accuracy"):
+        assert ours[key] == reference[key], key
+    assert (
+        ours["attacks"]["pgd20_linf"]["accuracy"] == reference["attacks"]["pgd20_linf"]["accuracy"]
+    )
+    assert as_is["attacks"]["pgd20_linf"]["accuracy"] >= 0.0
+    with pytest.raises(ValueError, match="compute_dtype"):
+        _evaluate(half, tmp_path / "bad", compute_dtype="bfloat16", **options)

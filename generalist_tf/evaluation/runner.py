@@ -18,6 +18,7 @@ ball.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -27,7 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from generalist_tf import attacks as pgd_attacks
-from generalist_tf import distribute, robust_attacks
+from generalist_tf import distribute, precision, robust_attacks
 from generalist_tf.evaluation import (
     alarms,
     per_example,
@@ -46,6 +47,23 @@ def _to_float_images(x) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def in_float32(evaluate):
+    """`evaluate(model, ..., surrogate=..., compute_dtype="float32")`: Keras models (the model
+    and the surrogate) compute in float32 during the evaluation, whatever their dtype policy
+    (`precision.float32_compute`); `compute_dtype=None` attacks them as they are."""
+
+    @functools.wraps(evaluate)
+    def wrapper(model, *args, compute_dtype: str | None = "float32", **kwargs):
+        if compute_dtype not in ("float32", None):
+            raise ValueError(f"compute_dtype must be 'float32' or None, got {compute_dtype!r}")
+        networks = [m for m in (model, kwargs.get("surrogate")) if isinstance(m, keras.Model)]
+        with precision.float32_compute(networks if compute_dtype else []):
+            return evaluate(model, *args, **kwargs)
+
+    return wrapper
+
+
+@in_float32
 def evaluate_model(
     model,
     x,
@@ -74,6 +92,8 @@ def evaluate_model(
 
     Args:
       model: a Keras model or a callable `images -> logits` (e.g. `export.load_serving(path)`).
+        A Keras model trained in bf16/fp16 is attacked in float32 (half-precision gradients
+        blunt attacks); `compute_dtype=None` attacks it in its own policy instead.
       x: test images, uint8 in [0, 255] or float in [0, 1], (N, H, W, C).
       y: int labels, (N,).
       workdir: output directory (created).
