@@ -114,29 +114,26 @@ def test_verdict_reads_the_numbers():
     assert "does NOT hold" in repro.verdict(table)[0]
 
 
-def _results_rows() -> dict[tuple[str, int], list[str]]:
-    """(run, seed) -> the percent cells of RESULTS.md's "Every run" table."""
-    with open(os.path.join(ROOT, "RESULTS.md")) as f:
-        text = f.read()
-    rows = {}
-    for line in text.split("## Every run", 1)[1].splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) in (9, 10) and cells[1].isdigit():  # 10: with the commit column
-            rows[(cells[0], int(cells[1]))] = cells[2:7]
-    return rows
-
-
 @pytest.mark.slow
-def test_flagfiles_reproduce_their_results_rows(tmp_path, monkeypatch):
-    """`flags/digits_pgd_at.cfg` and `flags/digits_generalist_d.cfg` repeat their RESULTS.md rows."""
+def test_flagfiles_reproduce_their_ledger_rows(tmp_path, monkeypatch):
+    """`flags/digits_pgd_at.cfg` and `flags/digits_generalist_d.cfg` (seed 0) repeat their
+    committed rows of the digits ledger (RESULTS.json), every column, to the last digit."""
     monkeypatch.chdir(ROOT)
-    rows = _results_rows()
-    assert len(rows) >= 27
+    entries = ledger.read(os.path.join(ROOT, "RESULTS.json"))
     plan = [(m, m, 0, {}) for m in ("pgd_at", "generalist_d")]
+    for _, method, seed, _ in plan:
+        entry = ledger.find(entries, method, seed)
+        assert entry is not None, f"RESULTS.json has no {method} seed {seed} row"
+        argv = repro.command(method, repro.run_flags(seed, "digits", {}))
+        assert not ledger.differing(
+            entry["flags"], ledger.resolved_flags(argv[3:]), ledger.defaults()
+        ), method
     runs = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra={}, done={}, jobs=2)
     for run in runs:
-        cells = [f"{100 * run.metrics[key]:.2f}" for key, _ in repro.COLUMNS]
-        assert cells == rows[(run.label, 0)], run.label
+        recorded = ledger.find(entries, run.label, 0)["metrics"]
+        for key, _ in repro.COLUMNS + repro.SELECTION_COLUMNS:
+            assert run.metrics[key] == pytest.approx(recorded[key], abs=1e-9), (run.label, key)
+        assert run.metrics["best_epoch"] == recorded["best_epoch"], run.label
 
 
 def prepare_mnist_from_digits(data_dir: str) -> None:

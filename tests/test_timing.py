@@ -41,6 +41,8 @@ def test_a_run_records_its_phases(tmp_path, monkeypatch):
         timings = json.load(f)["timings"]
     for phase in ("data", "build and restore", "training epochs", "final table", "export"):
         assert timings[phase]["wall_s"] > 0, phase
-    assert "first epoch's extra (tracing)" in timings and "first validation" in timings
+    for phase in ("first epoch's extra (tracing)", "first validation", "between epochs"):
+        assert phase in timings, phase
+    assert {"fit set-up", "fit teardown"} <= set(timings)
     assert "attack suite" not in timings  # smoke.cfg: --nofinal_eval
     assert sum(t["wall_s"] for t in timings.values()) == pytest.approx(wall, rel=0.1, abs=1.0)

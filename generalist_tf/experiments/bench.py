@@ -195,11 +195,11 @@ SETTINGS = {
     # here), so --quick leaves it out there (on CPU `auto` is graph mode), and shrinks the batch.
     "quick": Settings(
         mode="quick",
-        repeats=15,
+        repeats=11,
         warmup=2,
         number=1,
         mixing_number=10,
-        epoch_repeats=7,
+        epoch_repeats=5,
         policies=ALL_POLICIES,
         resnet18_batch_size=4,
         resnet18_repeats=3,
