@@ -103,6 +103,9 @@ def test_floor_follows_from_the_times_of_its_group(result):
         ratio = times[f"digits_cnn/step/generalist_d{sfx}"] / times[f"digits_cnn/step/pgd_at{sfx}"]
         assert result[f"generalist_d_over_floor{sfx}"] == pytest.approx(ratio / floor)
     assert result["targets"]["generalist_d_over_floor"]["threshold"] == 1.03
+    assert result["reported"]["clean_accuracy_pass_cost"]["value"] == pytest.approx(
+        times["digits_cnn/step/generalist_d_clean_accuracy"] / times["digits_cnn/step/generalist_d"]
+    )
     assert "generalist_d_over_pgd_at" not in result["targets"]  # the FLOPs-floor target is retired
 
 

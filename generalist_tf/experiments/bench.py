@@ -130,6 +130,7 @@ TARGETS = {
 # Reported without a target.
 REPORTED = {
     "two_replicas_over_one": "Generalist-D step time on 2 replicas / on 1 (same global batch)",
+    "clean_accuracy_pass_cost": "Generalist-D step with --train_clean_accuracy / without (default)",
     "bf16_speedup": "Generalist-D step on the CIFAR ResNet-18, fp32 time / bf16 time",
 }
 SMALL_CNN = "small_cnn"
@@ -686,6 +687,15 @@ def bench_steps(
             if detail:
                 variants["step/generalist_d_no_mixing"] = with_mixing(gd, None)
                 variants["step/pgd_at_with_ema"] = with_mixing(at, at.schedule)
+                # The opt-in clean-accuracy pass of the adversarial learner (off by default).
+                extra = make_trainer(
+                    dataclasses.replace(configs["generalist_d"], train_clean_accuracy=True),
+                    build_network,
+                    make_strategy(devices[:1]),
+                    batch,
+                    steps_per_epoch,
+                )
+                variants["step/generalist_d_clean_accuracy"] = with_mixing(extra, extra.schedule)
             if gd.schedule_communication is not None:
                 variants["step/generalist_d_communication"] = with_mixing(
                     gd, gd.schedule_communication
@@ -727,6 +737,11 @@ def bench_steps(
             f"{name}generalist_d_over_pgd_at_with_ema",
             f"{step}/generalist_d",
             f"{step}/pgd_at_with_ema",
+        )
+        rec.ratio(
+            f"{name}clean_accuracy_pass_cost",
+            f"{step}/generalist_d_clean_accuracy",
+            f"{step}/generalist_d",
         )
     rec.ratio(f"{name}mixing_fraction", f"{mix}/ema_and_global", f"{step}/generalist_d")
     if d.schedule_communication is not None:
@@ -1368,6 +1383,8 @@ def format_table(result: dict) -> str:
         ratio_row("  Generalist-D / PGD-AT", "generalist_d_over_pgd_at"),
         ratio_row("  Generalist-D w/o mixing / PGD-AT", "generalist_d_no_mixing_over_pgd_at"),
         ratio_row("  Generalist-D / PGD-AT incl. EMA", "generalist_d_over_pgd_at_with_ema"),
+        time_row("  Generalist-D + clean-accuracy pass", "step/generalist_d_clean_accuracy"),
+        ratio_row("  with / without that pass (opt-in)", "clean_accuracy_pass_cost"),
         *floor_rows,
         *cause_rows,
         row(
