@@ -164,8 +164,11 @@ def train(config: Config, strategy=None) -> dict:
     Raises:
       data.DataError, ValueError: bad dataset or configuration (one-line messages).
     """
-    with precision.dtype_policy(distribute.resolve_precision(config.precision)):
-        return _train(config, strategy or make_strategy(config))
+    try:
+        with precision.dtype_policy(distribute.resolve_precision(config.precision)):
+            return _train(config, strategy or make_strategy(config))
+    finally:
+        timing.RUN = timing.Phases()  # the next run of this process times itself alone
 
 
 class FitTimer(keras.callbacks.Callback):

@@ -46,3 +46,4 @@ def test_a_run_records_its_phases(tmp_path, monkeypatch):
     assert {"fit set-up", "fit teardown"} <= set(timings)
     assert "attack suite" not in timings  # smoke.cfg: --nofinal_eval
     assert sum(t["wall_s"] for t in timings.values()) == pytest.approx(wall, rel=0.1, abs=1.0)
+    assert timing.RUN.wall == {}  # a second run in this process starts from nothing
