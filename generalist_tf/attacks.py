@@ -131,8 +131,8 @@ def _check_budget(norm, epsilon, step_size, num_steps):
 
 
 def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss, seed, compute_dtype):
-    del compute_dtype  # part of the trace key only (`trace_key`)
     """The PGD iterations; wrapped below in a graph-mode and an XLA `tf.function`."""
+    del compute_dtype  # part of the trace key only (`trace_key`)
     x = tf.convert_to_tensor(x, tf.float32)
     delta = (
         random_init(x, norm=norm, epsilon=epsilon, seed=seed) if random_start else tf.zeros_like(x)
@@ -153,8 +153,8 @@ def _pgd(model, x, y, norm, epsilon, step_size, num_steps, random_start, loss, s
 
 
 def _trades_pgd(model, x, epsilon, step_size, num_steps, seed, compute_dtype):
-    del compute_dtype  # part of the trace key only (`trace_key`)
     """TRADES inner maximisation (Zhang et al. 2019, Alg. 1): l_inf PGD on KL(f(x) || f(x'))."""
+    del compute_dtype  # part of the trace key only (`trace_key`)
     x = tf.convert_to_tensor(x, tf.float32)
     clean_probs = tf.stop_gradient(tf.nn.softmax(tf.cast(model(x, training=False), tf.float32)))
     # TRADES starts from a tiny Gaussian, not a uniform point of the ball: at x itself the KL
@@ -179,8 +179,8 @@ def kl_divergence(target_probs: tf.Tensor, log_probs: tf.Tensor) -> tf.Tensor:
 
 
 def _msd(model, x, y, norms, epsilons, step_sizes, num_steps, compute_dtype):
-    del compute_dtype  # part of the trace key only (`trace_key`)
     """Multi steepest descent (Maini et al. 2020): per step and example, the best norm's step."""
+    del compute_dtype  # part of the trace key only (`trace_key`)
     x = tf.convert_to_tensor(x, tf.float32)
     delta = tf.zeros_like(x)
     batch_shape = [-1] + [1] * (x.shape.rank - 1)

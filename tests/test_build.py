@@ -306,7 +306,7 @@ def test_every_test_file_has_a_py_test(targets, owners):
 # The layers of the package, bottom up (README, Architecture): a module imports only from its own
 # layer or the ones below. Listed by module path relative to generalist_tf/ (a folder: all of it).
 LAYERS = (
-    ("runtime", ("files", "compat", "tf_config", "distribute", "precision", "timing")),
+    ("runtime", ("files", "compat", "tf_config", "distribute", "precision", "timing", "fit_timer")),
     ("attacks", ("attacks", "robust_attacks", "fab", "square_l2")),
     ("data and models", ("data", "models")),
     ("algorithm", ("algorithm/",)),
