@@ -130,9 +130,6 @@ def _labels(model: generalist.Generalist, best_epoch: int, emas: bool) -> dict[s
     return labels
 
 
-POLICIES = precision.POLICIES
-
-
 def make_strategy(config: Config):
     """The run's strategy, with the batch checked against its replica count.
 

@@ -136,6 +136,8 @@ REPORTED = {
 SMALL_CNN = "small_cnn"
 FASHION_FLAGFILE = "flags/fashion_mnist_common.cfg"
 FASHION_IMAGE_SHAPE = (28, 28, 1)
+# The Fashion-MNIST training split; `data` holds out TFDS_DATASETS["fashion_mnist"][0] of it.
+FASHION_TRAIN_EXAMPLES = 60_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1036,7 +1038,7 @@ def bench_small_cnn(rec: Recorder, settings: Settings) -> None:
         configs,
         lambda: models.build(SMALL_CNN, FASHION_IMAGE_SHAPE, 10),
         random_batch(batch, FASHION_IMAGE_SHAPE, 10),
-        steps_per_epoch=(60_000 - 1_000) // batch,
+        steps_per_epoch=(FASHION_TRAIN_EXAMPLES - data.TFDS_DATASETS["fashion_mnist"][0]) // batch,
         mixing_number=1,
         two_replicas=False,
         detail=False,
