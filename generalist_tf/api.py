@@ -154,7 +154,7 @@ def build_generalist(
 
     if isinstance(learning_rate, str):
         learning_rate = schedules.parse_points(learning_rate, flag="learning_rate")
-    lr = schedules.EpochSchedule(
+    lr = optimizers.EpochSchedule(
         learning_rate,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,

@@ -6,9 +6,14 @@ official CIFAR-10 ResNet-18 hyperparameters (ALGORITHM.md); flagfiles override t
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
-from generalist_tf import files
+from generalist_tf import config, files
+
+# The repository root: flagfiles name their nested flagfiles relative to it (`flags/...`).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -249,3 +254,26 @@ def write_flags(flag_values: flags.FlagValues, path: str) -> None:
     lines = [flag_values[name].serialize() for name in flag_names()]
     header = "# Resolved flags of this run; repeat it with --flagfile=<this file>.\n"
     files.write_text(path, header + "\n".join(line for line in lines if line) + "\n")
+
+
+def parse(*args: str) -> flags.FlagValues:
+    """A fresh FlagValues with every flag, parsed from `args` (no program name).
+
+    Relative paths (`--flagfile=flags/...`, and the nested flagfile lines of the shipped
+    flagfiles) are read from the repository root, as the README's commands run.
+    """
+    values = flags.FlagValues()
+    define_flags(values)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        values(["generalist_tf", *args])
+    finally:
+        os.chdir(cwd)
+    return values
+
+
+def config_from_flagfile(flagfile: str, **overrides) -> config.Config:
+    """The validated `Config` of a flagfile plus `--name=value` overrides (tests, the bench)."""
+    args = [f"--flagfile={flagfile}"] + [f"--{k}={v}" for k, v in overrides.items()]
+    return config.from_flags(parse(*args).flag_values_dict())

@@ -6,10 +6,14 @@ Every Keras/TF workaround of the package lives here (Keras 3.15.1, TF 2.21):
     replica 0's slice of the first batch (`first_replica_batch`).
   * `MultiWorkerMirroredStrategy`: a strategy whose `reduce` takes what Keras passes it
     (tensorflow/tensorflow#72388).
+  * `mirrored_strategy` / `fresh_collective_keys`: several MirroredStrategies in one process
+    (tests, the bench) without reusing a collective key at another shape.
 
 Each names the upstream code it works around and has a test (`tests/test_compat.py`,
 `tests/test_multiworker.py`) that reproduces the upstream behaviour on a plain Keras model, so
-the test fails (and says to delete the workaround) once upstream changes.
+the test fails (and says to delete the workaround) once upstream changes; except the collective
+keys, whose upstream behaviour aborts the process that shows it (it is exercised by every
+two-replica test instead).
 """
 
 from __future__ import annotations
@@ -161,3 +165,20 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
             value,
             expand_composites=False,
         )
+
+
+def fresh_collective_keys() -> None:
+    """Moves `MirroredStrategy`'s collective key base past every key an earlier strategy used.
+
+    Every MirroredStrategy numbers its collective ops from the same key base and TF remembers a
+    key's tensor shape for the whole process: a second strategy in one process (a test, a bench
+    group) that reuses a key with another shape aborts every collective of the process. TF's own
+    tests move the base the same way (`tensorflow/python/distribute/mirrored_strategy_test.py`).
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
+
+
+def mirrored_strategy(devices) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy on `devices` whose collective keys no earlier strategy used."""
+    fresh_collective_keys()
+    return tf.distribute.MirroredStrategy(list(devices))

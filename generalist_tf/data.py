@@ -10,39 +10,27 @@ exactly the batches the interrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import hashlib
-import os
 
 import numpy as np
 import tensorflow as tf
 
-# Datasets served by tensorflow-datasets, with the size of the validation split carved out of
-# their training split and the augmentation they get during training.
-TFDS_DATASETS = {
-    "mnist": (1_000, "none"),
-    "fashion_mnist": (1_000, "none"),
-    "cifar10": (5_000, "crop_flip"),
-    "cifar100": (5_000, "crop_flip"),
-    "svhn_cropped": (5_000, "crop"),
-}
-EMBEDDED_DATASETS = ("digits",)
-# MNIST-format datasets that are also read from their original IDX files, without tfds: from
-# --data_dir, else from a system location. Debian packages Fashion-MNIST
-# (`apt-get install dataset-fashion-mnist`); it has no MNIST package, so that path is only a
-# conventional place to put the files.
-IDX_DATASETS = {  # name -> (system directory, Debian package or None)
-    "mnist": ("/usr/share/datasets/mnist", None),
-    "fashion_mnist": ("/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
-}
-IDX_FILES = {  # split -> (images, labels), as LeCun's and Zalando's releases name them
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_IDX_UBYTE = 0x08
-NPZ_PREFIX = "npz:"
-AUGMENTATIONS = ("none", "crop", "crop_flip")
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+from generalist_tf import data_files
+from generalist_tf.data_files import (  # noqa: F401 (`data.<name>` for callers)
+    IDX_DATASETS,
+    IDX_FILES,
+    DataError,
+    checksum,
+    idx_directory,
+    read_idx,
+)
+from generalist_tf.names import (  # noqa: F401 (`data.<name>` for callers)
+    AUGMENTATIONS,
+    EMBEDDED_DATASETS,
+    NPZ_PREFIX,
+    TFDS_DATASETS,
+    is_known_dataset,
+    known_datasets,
+)
 
 # Fixed seed of every split (not the run seed): the same examples are held out in every run.
 _SPLIT_SEED = 20230323
@@ -50,10 +38,6 @@ _CROP_PADDING = 4
 # The seed of every evaluation subset (`--eval_examples`, `--table_examples`, `--val_examples`):
 # fixed, so every run of a comparison is evaluated on the same examples whatever its `--seed`.
 EVAL_SUBSET_SEED = 0
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded; the message is one line meant for the user."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +61,6 @@ class Arrays:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(d) for d in self.x_test.shape[1:])
-
-
-def is_known_dataset(name: str) -> bool:
-    """Whether `name` names a dataset `load` understands (npz files are not opened)."""
-    return name in EMBEDDED_DATASETS or name in TFDS_DATASETS or name.startswith(NPZ_PREFIX)
 
 
 def load(
@@ -152,7 +131,7 @@ def _load(name: str, data_dir: str | None, require_train: bool) -> Arrays:
         return _load_tfds(name, data_dir)
     if name.startswith(NPZ_PREFIX):
         return _load_npz(name[len(NPZ_PREFIX) :], require_train=require_train)
-    known = ", ".join(list(EMBEDDED_DATASETS) + list(TFDS_DATASETS) + ["npz:PATH"])
+    known = known_datasets()
     raise DataError(f"--dataset={name!r} is unknown; choose one of {known}")
 
 
@@ -204,12 +183,16 @@ def _load_tfds(name: str, data_dir: str | None) -> Arrays:
     x_full, y_full = split_arrays("train")
     x_test, y_test = split_arrays("test")
     num_classes = int(builder.info.features["label"].num_classes)
-    return _carve_validation(name, x_full, y_full, x_test, y_test, num_classes=num_classes)
+    return _carve_validation(
+        name, x_full, y_full, x_test, y_test, num_classes, *TFDS_DATASETS[name]
+    )
 
 
-def _carve_validation(name, x_full, y_full, x_test, y_test, *, num_classes: int) -> Arrays:
-    """A `TFDS_DATASETS` dataset with its validation split held out of training (fixed seed)."""
-    val_size, augmentation = TFDS_DATASETS[name]
+def _carve_validation(
+    name, x_full, y_full, x_test, y_test, num_classes: int, val_size: int, augmentation="none"
+) -> Arrays:
+    """The dataset with a validation split of at most `val_size` (and a tenth of the training
+    split) held out of training, with a fixed seed."""
     keep, held = _holdout(len(x_full), min(val_size, len(x_full) // 10))
     return Arrays(
         name,
@@ -234,162 +217,17 @@ def _tfds_prepared(name: str, data_dir: str | None) -> bool:
         return False
 
 
-def _idx_path(directory: str, stem: str) -> str | None:
-    for candidate in (stem + ".gz", stem):
-        path = os.path.join(directory, candidate)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def read_idx(path: str, *, ndim: int) -> np.ndarray:
-    """Reads one IDX file (gzipped or not) of unsigned bytes with `ndim` dimensions.
-
-    The format (LeCun et al.): two zero bytes, the type code (0x08: unsigned byte), the number
-    of dimensions, one big-endian uint32 per dimension, then the values in C order.
-
-    Raises:
-      DataError: a one-line message naming the file: not gzip, a wrong magic number or
-        dimension count, or fewer bytes than the header announces.
-    """
-    try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError.
-        raise DataError(f"{path}: not a readable IDX file ({type(e).__name__}: {e})")
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] != ndim:
-        raise DataError(
-            f"{path}: not an IDX file of {ndim}-d unsigned bytes (magic {raw[:4].hex() or 'empty'}, "
-            f"expected 0000080{ndim})"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise DataError(
-            f"{path}: IDX shape {shape} needs {expected} bytes, the file has {len(raw)} "
-            f"({'truncated' if len(raw) < expected else 'trailing data'})"
-        )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
-
-
-def _load_idx_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images_stem, labels_stem = IDX_FILES[split]
-    images_path = _idx_path(directory, images_stem)
-    labels_path = _idx_path(directory, labels_stem)
-    x = read_idx(images_path, ndim=3)[..., None]
-    y = read_idx(labels_path, ndim=1).astype(np.int64)
-    if len(x) != len(y):
-        raise DataError(f"{images_path}: {len(x)} images but {labels_path} has {len(y)} labels")
-    return np.ascontiguousarray(x), y
-
-
-def _idx_candidates(name: str, data_dir: str | None) -> list[str]:
-    return [d for d in (data_dir, IDX_DATASETS[name][0]) if d]
-
-
-def idx_directory(name: str, data_dir: str | None) -> str | None:
-    """The first of `data_dir`, then the Debian location, that holds all four IDX files."""
-    for directory in _idx_candidates(name, data_dir):
-        stems = [stem for pair in IDX_FILES.values() for stem in pair]
-        if all(_idx_path(directory, stem) for stem in stems):
-            return directory
-    return None
-
-
 def _load_idx_dataset(name: str, data_dir: str | None) -> Arrays:
     """MNIST or Fashion-MNIST from its four IDX files; validation carved out of training."""
-    directory = idx_directory(name, data_dir)
-    if directory is None:
-        tried = ", ".join(_idx_candidates(name, data_dir))
-        package = IDX_DATASETS[name][1]
-        apt = f"install them with `apt-get install {package}` (Debian), or " if package else ""
-        raise DataError(
-            f"--dataset={name}: found neither a tfds copy nor the four IDX files (tried {tried}); "
-            f"{apt}pass --data_dir=DIR holding {IDX_FILES['train'][0]}.gz and the other three, "
-            f"or prepare it with `tfds build {name} --data_dir=DIR` on a machine with network"
-        )
-    x_full, y_full = _load_idx_split(directory, "train")
-    x_test, y_test = _load_idx_split(directory, "test")
-    return _carve_validation(name, x_full, y_full, x_test, y_test, num_classes=10)
-
-
-def checksum(*arrays: np.ndarray) -> str:
-    """SHA-256 of the arrays' bytes, shapes and dtypes (a fingerprint of a loaded dataset)."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def _check_images(path: str, key: str, x: np.ndarray) -> np.ndarray:
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise DataError(
-            f"{path}: {key} must have shape (N, H, W) or (N, H, W, C) with N > 0, got {x.shape}"
-        )
-    if x.dtype == np.uint8:
-        return x
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(
-            f"{path}: {key} must be uint8 in [0, 255] or float in [0, 1], got {x.dtype}"
-        )
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if lo < 0.0 or hi > 1.0 or not np.isfinite(lo + hi):
-        raise DataError(f"{path}: float {key} must lie in [0, 1], got values in [{lo}, {hi}]")
-    return x.astype(np.float32)
-
-
-def _check_labels(path: str, key: str, y: np.ndarray, n: int) -> np.ndarray:
-    if y.ndim != 1 or y.shape[0] != n:
-        raise DataError(f"{path}: {key} must have shape ({n},) to match the images, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or (n and y.min() < 0):
-        raise DataError(f"{path}: {key} must hold non-negative integer labels, got dtype {y.dtype}")
-    return y.astype(np.int64)
+    x_full, y_full, x_test, y_test = data_files.idx_arrays(name, data_dir)
+    return _carve_validation(name, x_full, y_full, x_test, y_test, 10, *TFDS_DATASETS[name])
 
 
 def _load_npz(path: str, *, require_train: bool) -> Arrays:
-    """A user's arrays: keys x_train, y_train, x_test, y_test (train keys optional for eval)."""
-    if not os.path.isfile(path):
-        raise DataError(f"--dataset=npz:{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # np.load raises several types for a file that is not an npz.
-        raise DataError(f"--dataset=npz:{path}: not a readable .npz file ({type(e).__name__})")
-    needed = NPZ_KEYS if require_train else ("x_test", "y_test")
-    missing = [k for k in needed if k not in arrays]
-    if missing:
-        raise DataError(f"{path}: missing keys {missing}; an npz dataset needs {list(needed)}")
-    x_test = _check_images(path, "x_test", arrays["x_test"])
-    y_test = _check_labels(path, "y_test", arrays["y_test"], len(x_test))
-    if "x_train" in arrays and "y_train" in arrays:
-        x_full = _check_images(path, "x_train", arrays["x_train"])
-        y_full = _check_labels(path, "y_train", arrays["y_train"], len(x_full))
-        if x_full.shape[1:] != x_test.shape[1:]:
-            raise DataError(
-                f"{path}: x_train images {x_full.shape[1:]} and x_test images "
-                f"{x_test.shape[1:]} differ in shape"
-            )
-    else:
-        x_full, y_full = x_test[:0], y_test[:0]
-    keep, held = _holdout(len(x_full), min(5_000, len(x_full) // 10))
+    """A user's arrays (see `data_files.npz_arrays`); validation carved out of training."""
+    x_full, y_full, x_test, y_test = data_files.npz_arrays(path, require_train=require_train)
     num_classes = int(max(y_full.max(initial=0), y_test.max(initial=0)) + 1)
-    return Arrays(
-        f"npz:{path}",
-        x_full[keep],
-        y_full[keep],
-        x_full[held],
-        y_full[held],
-        x_test,
-        y_test,
-        num_classes=num_classes,
-    )
+    return _carve_validation(f"npz:{path}", x_full, y_full, x_test, y_test, num_classes, 5_000)
 
 
 def _to_float(images: tf.Tensor) -> tf.Tensor:
@@ -471,6 +309,18 @@ def train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def eval_subset(x, y, num_examples: int | None, seed: int = EVAL_SUBSET_SEED):
+    """`(x, y)`, or a subset of `num_examples` of them chosen by `seed`, in their order.
+
+    The validation split, the final table and the attack suite all take their subsets here, so
+    every run of a comparison is measured on the same examples (the seed is fixed, not the run's).
+    """
+    if num_examples is not None and num_examples < len(x):
+        index = np.sort(np.random.default_rng(seed).permutation(len(x))[:num_examples])
+        x, y = x[index], y[index]
+    return x, y
+
+
 def eval_dataset(
     x: np.ndarray,
     y: np.ndarray,
@@ -488,9 +338,7 @@ def eval_dataset(
       seed: the seed of that subset (default: the fixed `EVAL_SUBSET_SEED`, the same subset
         for every run).
     """
-    if num_examples is not None and num_examples < len(x):
-        index = np.sort(np.random.default_rng(seed).permutation(len(x))[:num_examples])
-        x, y = x[index], y[index]
+    x, y = eval_subset(x, y, num_examples, seed)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     ds = ds.map(lambda image, label: (_to_float(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -37,7 +37,7 @@ def _disk_full(config, error: BaseException) -> None:
     if path is None:
         path = str(error).strip().splitlines()[0][:200]
     _fail(
-        f"no space left on the device of --workdir={config.workdir} (writing {path}); the "
+        f"no space left on the device of --workdir={config.runtime.workdir} (writing {path}); the "
         "finished checkpoints and exports are kept: free space and rerun the same command to "
         "resume"
     )
@@ -55,15 +55,15 @@ def _quiet_library_logs() -> None:
 
 
 def _prepare_workdir(config) -> None:
-    probe = os.path.join(config.workdir, f".write-test-{os.getpid()}")
+    probe = os.path.join(config.runtime.workdir, f".write-test-{os.getpid()}")
     try:
-        os.makedirs(config.workdir, exist_ok=True)
+        os.makedirs(config.runtime.workdir, exist_ok=True)
         with open(probe, "w") as f:
             f.write("ok")
     except OSError as e:
         if files.is_disk_full(e):
-            _disk_full(config, files.DiskFullError(config.workdir))
-        _fail(f"--workdir={config.workdir} cannot be written ({e.strerror})")
+            _disk_full(config, files.DiskFullError(config.runtime.workdir))
+        _fail(f"--workdir={config.runtime.workdir} cannot be written ({e.strerror})")
     finally:
         if os.path.exists(probe):
             os.remove(probe)
@@ -80,19 +80,23 @@ def _accept_workdir(config):
     from generalist_tf import workdir
 
     try:
-        if config.mode == "eval" and workdir.holds_training_run(config.workdir):
+        if config.runtime.mode == "eval" and workdir.holds_training_run(config.runtime.workdir):
             raise workdir.WorkdirError(
-                f"--workdir={config.workdir} holds a training run, whose report.json --mode=eval "
+                f"--workdir={config.runtime.workdir} holds a training run, whose report.json --mode=eval "
                 "would replace; evaluate into another --workdir"
             )
-        lock = None if workdir.is_multiworker_follower() else workdir.RunLock(config.workdir)
+        lock = (
+            None if workdir.is_multiworker_follower() else workdir.RunLock(config.runtime.workdir)
+        )
         if lock is not None:
             lock.acquire()
-        if config.mode == "train":
+        if config.runtime.mode == "train":
             current = workdir.fingerprint(FLAGS.flag_values_dict(), cli.flag_names())
-            if workdir.check_fingerprint(config.workdir, current, restart=config.restart):
+            if workdir.check_fingerprint(
+                config.runtime.workdir, current, restart=config.runtime.restart
+            ):
                 if lock is not None:  # multi-worker followers share the chief's record
-                    workdir.write_fingerprint(config.workdir, current)
+                    workdir.write_fingerprint(config.runtime.workdir, current)
     except workdir.WorkdirError as e:
         _fail(str(e))
     return lock
@@ -107,12 +111,12 @@ def main(argv):
     try:
         config = config_lib.from_flags(FLAGS.flag_values_dict())
         # Logical CPU devices must exist before TensorFlow initialises its runtime.
-        if config.num_cpu_replicas > 1:
-            distribute.configure_cpu_replicas(config.num_cpu_replicas)
+        if config.runtime.num_cpu_replicas > 1:
+            distribute.configure_cpu_replicas(config.runtime.num_cpu_replicas)
     except ValueError as e:
         _fail(str(e))
     _quiet_library_logs()
-    if config.deterministic:
+    if config.runtime.deterministic:
         import tensorflow as tf
 
         # Op determinism (plus our seeded data and stateless attacks): a resumed run is
@@ -120,11 +124,11 @@ def main(argv):
         tf.config.experimental.enable_op_determinism()
     _prepare_workdir(config)
     lock = None
-    records = _read_records(config.workdir)
+    records = _read_records(config.runtime.workdir)
     try:
         strategy = _strategy(config)
         lock = _accept_workdir(config)
-        cli.write_flags(FLAGS, os.path.join(config.workdir, FLAGS_RECORD))
+        cli.write_flags(FLAGS, os.path.join(config.runtime.workdir, FLAGS_RECORD))
         try:
             _run(config, strategy)
         except Exception as e:  # noqa: BLE001 -- only a full disk is handled; the rest re-raised
@@ -133,12 +137,12 @@ def main(argv):
             _disk_full(config, e)
     except BaseException:
         if lock is not None:  # the records are ours to restore only while we hold the workdir
-            _restore_records(config.workdir, records)
+            _restore_records(config.runtime.workdir, records)
         raise
     finally:
         if lock is not None:
             lock.release()
-    logging.info("done: %s", config.workdir)
+    logging.info("done: %s", config.runtime.workdir)
 
 
 def _read_records(workdir_path: str) -> dict[str, bytes | None]:
@@ -179,7 +183,7 @@ def _restore_records(workdir_path: str, before: dict[str, bytes | None]) -> None
 
 def _strategy(config):
     """The training strategy (None for evaluation), checked before the workdir is accepted."""
-    if config.mode != "train":
+    if config.runtime.mode != "train":
         return None
     from generalist_tf import train
 
@@ -198,7 +202,7 @@ def _run(config, strategy) -> None:
     # Flags, TensorFlow's import and initialisation, the strategy, the workdir checks.
     timing.RUN.add("imports and set-up", time.perf_counter() - _STARTED)
     try:
-        if config.mode == "train":
+        if config.runtime.mode == "train":
             results = train.train(config, strategy)
             print(results["table"])
         else:

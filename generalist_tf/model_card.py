@@ -95,14 +95,18 @@ def render(
     which = (
         f"G of epoch {results['best_epoch']}, selected by the {results['selection']}"
         if selected
-        else f"G after the last epoch ({config.epochs})"
+        else f"G after the last epoch ({config.optimisation.epochs})"
     )
-    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config.model_kwargs.items()))
+    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config.model.model_kwargs.items()))
     trained = sorted(
-        {norm for task in config.learners for norm in learners.TRAINING_NORMS.get(task, ())}
+        {
+            norm
+            for task in config.algorithm.learners
+            for norm in learners.TRAINING_NORMS.get(task, ())
+        }
     )
     lines = [
-        f"# Model card: {config.model} on {config.dataset} ({config.variant})",
+        f"# Model card: {config.model.model} on {config.data.dataset} ({config.algorithm.variant})",
         "",
         f"This directory holds {which}, as a float32 SavedModel (`serving_default`: images "
         f"in [0, 1], NHWC -> logits); the same network for `keras.models.load_model` is "
@@ -110,22 +114,22 @@ def render(
         "",
         "## Data",
         "",
-        f"- dataset: {config.dataset}; training {splits['train']} examples, validation "
+        f"- dataset: {config.data.dataset}; training {splits['train']} examples, validation "
         f"{splits['validation']} (carved from training, never from test), test {splits['test']}",
         "",
         "## Network and training",
         "",
-        f"- architecture: {config.model}" + (f" ({kwargs})" if kwargs else ""),
-        f"- variant: {config.variant}; learners: {', '.join(config.learners)}",
-        f"- epochs: {config.epochs}; batch {config.batch_size}; learning rate "
-        f"{config.learning_rate}; momentum {config.momentum:g}",
-        f"- mixing: {', '.join(f'{k}: {v}' for k, v in config.mixing.items()) or 'none'}",
-        f"- communication: {config.communication or 'none'}",
-        f"- EMA decay: {config.ema_decay:g}; seed: {config.seed}; precision: {config.precision}",
+        f"- architecture: {config.model.model}" + (f" ({kwargs})" if kwargs else ""),
+        f"- variant: {config.algorithm.variant}; learners: {', '.join(config.algorithm.learners)}",
+        f"- epochs: {config.optimisation.epochs}; batch {config.optimisation.batch_size}; learning rate "
+        f"{config.optimisation.learning_rate}; momentum {config.optimisation.momentum:g}",
+        f"- mixing: {', '.join(f'{k}: {v}' for k, v in config.algorithm.mixing.items()) or 'none'}",
+        f"- communication: {config.algorithm.communication or 'none'}",
+        f"- EMA decay: {config.algorithm.ema_decay:g}; seed: {config.runtime.seed}; precision: {config.runtime.precision}",
         f"- selection: {results['selection']} (epoch {results['best_epoch']})",
         "- training attacks:",
     ]
-    budgets = {"linf": config.linf_attack, "l2": config.l2_attack}
+    budgets = {"linf": config.attacks.linf_attack, "l2": config.attacks.l2_attack}
     lines += [_attack_line(norm, budgets[norm]) for norm in trained] or [
         "  - none (clean training)"
     ]
@@ -142,7 +146,7 @@ def render(
         "",
         "```",
         "python -m generalist_tf.main --flagfile="
-        f"{shlex.quote(os.path.join(config.workdir, 'flags.cfg'))} --workdir=<new directory>",
+        f"{shlex.quote(os.path.join(config.runtime.workdir, 'flags.cfg'))} --workdir=<new directory>",
         "```",
         "",
         f"Invoked as: `python -m generalist_tf.main {' '.join(shlex.quote(a) for a in argv[1:])}`",

@@ -14,7 +14,6 @@ ResNets keep PyTorch's defaults, the WRN and the SmallCNN their authors' explici
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Callable, Sequence
 
@@ -22,9 +21,11 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from generalist_tf import names
+from generalist_tf.names import BN_MOVING_VARIANCE, is_user_model, user_builder  # noqa: F401
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-BN_MOVING_VARIANCE = ("unbiased", "biased")
 
 
 @keras.saving.register_keras_serializable(package="generalist_tf")
@@ -280,29 +281,7 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "small_cnn": small_cnn,
     "digits_cnn": digits_cnn,
 }
-
-
-def is_user_model(name: str) -> bool:
-    """Whether `--model` names a user's builder, `package.module:function`, not our registry."""
-    return ":" in name
-
-
-def user_builder(name: str):
-    """The function `package.module:function` names: `build(image_shape, num_classes)` returning
-    a fresh `keras.Model` from [0, 1] images to logits (`--model=my_nets:build`).
-
-    Raises:
-      ValueError: the module does not import or has no such function (one line naming --model).
-    """
-    module_name, _, attribute = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"--model={name}: cannot import {module_name!r} ({e})") from None
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise ValueError(f"--model={name}: {module_name} has no function {attribute!r}")
-    return function
+assert tuple(MODELS) == names.MODELS, "models.MODELS and names.MODELS must list the same names"
 
 
 def build(

@@ -7,7 +7,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from generalist_tf import cli, config
+from generalist_tf import cli, compat, config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "flags")
@@ -15,35 +15,19 @@ FLAGS_DIR = os.path.join(ROOT, "flags")
 
 def parse_flags(*args: str) -> flags.FlagValues:
     """A fresh FlagValues with every generalist_tf flag, parsed from `args`."""
-    values = flags.FlagValues()
-    cli.define_flags(values)
-    # Nested `--flagfile=flags/...` lines are relative to the repository root, as documented.
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        values(["generalist_tf", *args])
-    finally:
-        os.chdir(cwd)
-    return values
+    return cli.parse(*args)
 
 
 def config_from(flagfile: str, **overrides) -> config.Config:
     """The validated Config of `flags/<flagfile>` with `--name=value` overrides."""
-    args = [f"--flagfile={os.path.join(FLAGS_DIR, flagfile)}"]
-    args += [f"--{k}={v}" for k, v in overrides.items()]
-    return config.from_flags(parse_flags(*args).flag_values_dict())
+    return cli.config_from_flagfile(os.path.join(FLAGS_DIR, flagfile), **overrides)
 
 
 def two_replica_strategy() -> tf.distribute.MirroredStrategy:
-    """A MirroredStrategy on the two logical CPUs with collective keys no other strategy used.
-
-    Every MirroredStrategy numbers its collectives from the same keys, and TF caches a key's
-    shape for the process: a later strategy whose collective under that key has another shape
-    aborts every collective op of the process (conftest moves the base before every test; this
-    also separates two strategies within one test). TF's own tests move the key base this way.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100_000
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """A MirroredStrategy on the two logical CPUs with collective keys no other strategy used
+    (conftest moves the key base before every test; this also separates two strategies within
+    one test)."""
+    return compat.mirrored_strategy(["/cpu:0", "/cpu:1"])
 
 
 def run_main(

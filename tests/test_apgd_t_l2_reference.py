@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from generalist_tf import robust_attacks
+from generalist_tf import attacks
 from generalist_tf.evaluation import references
 from tests import helpers_eval
 
@@ -68,8 +68,8 @@ def test_apgd_t_l2_agrees_with_arts_targeted_apgd(num_examples, epsilon):
     arrays = helpers_eval.digits()
     x = arrays.x_test[:num_examples].astype(np.float32)
     y = arrays.y_test[:num_examples]
-    classifier = robust_attacks.as_classifier(model)
-    adversarial = robust_attacks.apgd(
+    classifier = attacks.as_classifier(model)
+    adversarial = attacks.apgd(
         classifier,
         x,
         y,

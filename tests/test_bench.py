@@ -13,7 +13,15 @@ import keras
 import pytest
 from absl import flags
 
-from generalist_tf.experiments import bench
+from generalist_tf.experiments import (
+    bench,
+    bench_costs,
+    bench_models,
+    bench_settings,
+    bench_setup,
+    bench_table,
+    bench_timing,
+)
 
 HEADLINE_KEYS = (
     "pgd_speedup_vs_cleverhans",
@@ -57,7 +65,7 @@ def test_headline_keys_are_positive_and_finite(result):
 
 
 def test_every_time_is_a_median_of_its_samples(result):
-    settings = bench.SETTINGS["tiny"]
+    settings = bench_settings.SETTINGS["tiny"]
     assert result["times_s"], "no time was measured"
     for name, median in result["times_s"].items():
         samples = result["samples_s"][name]
@@ -84,7 +92,7 @@ def test_images_per_second_follow_from_the_times(result):
     pipeline = ips["digits_cnn/input_pipeline"]
     assert pipeline / training == pytest.approx(result["pipeline_over_training"], rel=1e-12)
     assert ips["digits_cnn/generalist_d_step"] == pytest.approx(
-        bench.DIGITS_BATCH_SIZE / times["digits_cnn/step/generalist_d"]
+        bench_settings.DIGITS_BATCH_SIZE / times["digits_cnn/step/generalist_d"]
     )
 
 
@@ -92,7 +100,9 @@ def test_floor_follows_from_the_times_of_its_group(result):
     """a = attack time / K, t = standard step, floor = (K*a + 2t)/(K*a + t), overhead = the
     Generalist-D / PGD-AT ratio over it, for both precisions; each from the reported medians."""
     times, floors = result["times_s"], result["floors"]
-    k = bench.make_config(bench.DIGITS_FLAGFILE, variant="pgd_at").linf_attack.num_steps
+    k = bench_setup.make_config(
+        bench_settings.DIGITS_FLAGFILE, variant="pgd_at"
+    ).linf_attack.num_steps
     for sfx in ("", "_bf16"):
         attack = times[f"digits_cnn/attack/pgd{sfx}"]
         t = times[f"digits_cnn/step/standard{sfx}"]
@@ -111,26 +121,26 @@ def test_floor_follows_from_the_times_of_its_group(result):
 
 def test_floor_ratio_by_hand():
     # K*a = 10 x 5 ms, t = 10 ms: (50 + 20) / (50 + 10).
-    assert bench.floor_ratio(0.05, 0.01) == pytest.approx(70 / 60)
+    assert bench_timing.floor_ratio(0.05, 0.01) == pytest.approx(70 / 60)
 
 
 def test_bf16_cause_times_every_case_and_counts_its_casts(result):
-    for case in bench.BF16_CAUSES:
+    for case in bench_models.BF16_CAUSES:
         speedup = result[f"bf16_cause/{case}/speedup"]
         times = result["times_s"]
         assert speedup == pytest.approx(
             times[f"bf16_cause/{case}/fp32"] / times[f"bf16_cause/{case}/bf16"]
         )
         assert result["bf16_casts"][case] > 0  # mixed precision casts at the layer boundaries
-    table = bench.format_table(result)
+    table = bench_table.format_table(result)
     assert "where bf16 pays" in table and "the device's floor, bf16" in table
 
 
 def test_target_flags_agree_with_their_values(result):
     targets = result["targets"]
-    assert set(bench.TARGETS) <= set(targets)
+    assert set(bench_settings.TARGETS) <= set(targets)
     for key, entry in targets.items():
-        target = bench.TARGETS[key.split("/")[-1]]
+        target = bench_settings.TARGETS[key.split("/")[-1]]
         assert entry["value"] == result[key], key
         assert (entry["op"], entry["threshold"]) == (target.op, target.threshold), key
         if target.op == ">=":
@@ -147,7 +157,7 @@ def test_result_is_strict_json_with_machine_info(result):
 
 
 def test_table_names_every_target(result):
-    table = bench.format_table(result)
+    table = bench_table.format_table(result)
     last = [line for line in table.splitlines() if line.startswith("targets met:")]
     assert len(last) == 1
     for key in result["targets"]:
@@ -161,7 +171,7 @@ def test_forward_flops_of_a_small_model_by_hand():
     logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, logits)
     by_hand = 2 * 4 * 4 * 3 * 3 * 1 * 4 + 2 * 4 * 4 * 1 * 1 * 4 * 6 + 2 * 6 * 10
-    assert bench.forward_flops(model) == by_hand
+    assert bench_costs.forward_flops(model) == by_hand
 
 
 def test_cost_model_of_resnet18(result):
@@ -176,7 +186,7 @@ def test_cost_model_of_resnet18(result):
     )
     assert result["generalist_d_epoch_tflop"] == pytest.approx(expected_tflop, rel=1e-3)
     assert cost["generalist_d_epoch_gpu_seconds"] == pytest.approx(
-        result["generalist_d_epoch_tflop"] / bench.ASSUMED_GPU_TFLOPS
+        result["generalist_d_epoch_tflop"] / bench_settings.ASSUMED_GPU_TFLOPS
     )
 
 
@@ -189,9 +199,9 @@ def test_standard_autoattack_estimate_by_hand(result):
     tflop = 2 * 11_600 * 10_000 * RESNET18_FORWARD_GFLOPS * 1e9 / 1e12
     assert cost["standard_autoattack_cifar10_test_tflop"] == pytest.approx(tflop, rel=1e-9)
     assert cost["standard_autoattack_cifar10_test_gpu_hours"] == pytest.approx(
-        tflop / bench.ASSUMED_GPU_TFLOPS / 3600
+        tflop / bench_settings.ASSUMED_GPU_TFLOPS / 3600
     )
-    assert "standard AutoAttack, both norms" in bench.format_table(result)
+    assert "standard AutoAttack, both norms" in bench_table.format_table(result)
 
 
 def test_standard_list_against_art_declares_paired_ratios():
@@ -200,13 +210,13 @@ def test_standard_list_against_art_declares_paired_ratios():
     from tests import helpers_eval
 
     arrays = helpers_eval.digits()
-    rec = bench.Recorder()
+    rec = bench_timing.Recorder()
     network = helpers_eval.build_digits_cnn()
     x, y = arrays.x_test[:16], arrays.y_test[:16]
-    assert bench.bench_standard_vs_art(
+    assert bench_models.bench_standard_vs_art(
         rec, network, x, y, epsilon=0.1, apgd_steps=2, square_queries=4, repeats=2
     )
-    prefix = f"{bench.DIGITS}/standard"
+    prefix = f"{bench_settings.DIGITS}/standard"
     for side, attacks in (
         ("ours", ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf")),
         ("art", ("apgd_ce_linf", "apgd_t_linf", "square_linf")),
@@ -227,16 +237,16 @@ def test_standard_list_against_art_declares_paired_ratios():
 
 
 def test_forward_passes_cover_only_known_learners():
-    assert bench.forward_passes_per_image(("natural", "linf_pgd"), 10) == 36
-    assert bench.forward_passes_per_image(("linf_pgd",), 10) == 33
+    assert bench_costs.forward_passes_per_image(("natural", "linf_pgd"), 10) == 36
+    assert bench_costs.forward_passes_per_image(("linf_pgd",), 10) == 33
     with pytest.raises(ValueError, match="trades"):
-        bench.forward_passes_per_image(("trades",), 10)
+        bench_costs.forward_passes_per_image(("trades",), 10)
 
 
 def test_time_interleaved_rotates_the_order_and_counts_calls():
     calls = []
     variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    samples, first = bench.time_interleaved(
+    samples, first = bench_timing.time_interleaved(
         variants, repeats=3, warmup=2, number={"a": 1, "b": 2, "c": 1}
     )
     warm = ["a", "a", "b", "b", "c", "c"]
@@ -248,7 +258,7 @@ def test_time_interleaved_rotates_the_order_and_counts_calls():
 
 def test_time_interleaved_rejects_empty_budgets():
     with pytest.raises(ValueError, match="got 0"):
-        bench.time_interleaved({"a": lambda: None}, repeats=0, warmup=1, number=1)
+        bench_timing.time_interleaved({"a": lambda: None}, repeats=0, warmup=1, number=1)
 
 
 def test_importing_bench_defines_no_flags():

@@ -306,14 +306,18 @@ def test_every_test_file_has_a_py_test(targets, owners):
 # The layers of the package, bottom up (README, Architecture): a module imports only from its own
 # layer or the ones below. Listed by module path relative to generalist_tf/ (a folder: all of it).
 LAYERS = (
-    ("runtime", ("files", "compat", "tf_config", "distribute", "precision", "timing", "fit_timer")),
-    ("attacks", ("attacks", "robust_attacks", "fab", "square_l2")),
-    ("data and models", ("data", "models")),
+    (
+        "runtime",
+        ("files", "names", "compat", "tf_config", "distribute", "precision", "timing")
+        + ("fit_timer",),
+    ),
+    ("attacks", ("attacks/",)),
+    ("data and models", ("data", "data_files", "models")),
     ("algorithm", ("algorithm/",)),
     ("evaluation", ("evaluation/",)),
     (
         "application",
-        ("evaluation/commands", "api", "checkpoints", "cli", "config", "export")
+        ("evaluation/commands", "api", "checkpoints", "cli", "config/", "export")
         + ("init_from", "main", "model_card", "train", "workdir"),
     ),
     ("experiments", ("experiments/",)),
@@ -324,8 +328,10 @@ def layer_of(module: str) -> int:
     """The rank in LAYERS of a module path (`generalist_tf/x/y`, no `.py`); the most specific
     entry wins (`evaluation/commands` over `evaluation/`)."""
     name = module[len(PACKAGE) + 1 :]
-    if name.endswith("__init__"):
-        return -1  # package markers: importable from anywhere
+    if name == "__init__":
+        return -1  # the root package's lazy public names: importable from anywhere
+    if name.endswith("/__init__"):
+        name = name[: -len("__init__")]  # a subpackage's own module: its folder's layer
     matches = [
         (len(entry), rank)
         for rank, (_, entries) in enumerate(LAYERS)
@@ -351,7 +357,7 @@ def test_layers_rank_the_shared_names_as_documented():
     assert layer_of("generalist_tf/evaluation/commands") > layer_of(
         "generalist_tf/evaluation/runner"
     )
-    assert layer_of("generalist_tf/algorithm/learners") > layer_of("generalist_tf/attacks")
+    assert layer_of("generalist_tf/algorithm/learners") > layer_of("generalist_tf/attacks/pgd")
     assert layer_of("generalist_tf/main") == layer_of("generalist_tf/api")
 
 
@@ -382,3 +388,18 @@ def test_interpreter_rejects_what_it_does_not_understand():
         "a",
         Glob(("flags/*.cfg",)),
     ]
+
+
+def test_checking_a_flagfile_starts_neither_tensorflow_nor_keras():
+    """`config` validates flags with pure-Python names only (`names`, `attacks.budget`, ...)."""
+    import subprocess
+
+    code = (
+        "import sys, generalist_tf.config; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'matplotlib')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]", out.stdout

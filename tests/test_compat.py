@@ -68,12 +68,14 @@ def test_uneven_evaluation_batches_give_the_one_device_numbers():
     cfg = config_from("smoke.cfg", workdir="/tmp/unused")
     # No random start: the PGD start is drawn per replica, so only then are the adversarial
     # examples the same on one and two devices.
-    cfg = dataclasses.replace(
-        cfg, eval_attack=dataclasses.replace(cfg.eval_attack, random_start=False)
+    cfg = cfg.replace(
+        eval_attack=dataclasses.replace(cfg.evaluation.eval_attack, random_start=False)
     )
     arrays = data.load("digits")
     one = build(tf.distribute.OneDeviceStrategy("/cpu:0"), cfg, arrays)
-    stream = data.train_dataset(arrays, batch_size=cfg.batch_size, seed=cfg.seed)
+    stream = data.train_dataset(
+        arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
+    )
     one.fit(stream, epochs=1, steps_per_epoch=4, verbose=0)  # away from chance
     two = build(two_replicas(), cfg, arrays)
     two.set_weights(one.get_weights())
@@ -109,7 +111,9 @@ def test_a_built_generalist_skips_keras_symbolic_build(monkeypatch):
     arrays = data.load("digits")
     model = build(tf.distribute.OneDeviceStrategy("/cpu:0"), cfg, arrays)
     assert model._nothing_to_build()
-    stream = data.train_dataset(arrays, batch_size=cfg.batch_size, seed=cfg.seed)
+    stream = data.train_dataset(
+        arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
+    )
     val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=64, num_examples=64)
     model.fit(stream, epochs=2, steps_per_epoch=2, validation_data=val, verbose=0)
     model.evaluate(val, verbose=0)

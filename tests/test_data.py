@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from generalist_tf import data
+from generalist_tf import data, data_files
 
 DIGITS_TOTAL = 1_797
 # train_test_split rounds the held-out part up: 20% of 1,797 -> 360, then 12.5% of 1,437 -> 180.
@@ -325,7 +325,7 @@ needs_fashion = pytest.mark.skipif(
 @needs_fashion
 @pytest.mark.parametrize("split, count", [("train", 60_000), ("test", 10_000)])
 def test_idx_reader_on_the_real_fashion_mnist_files(split, count):
-    x, y = data._load_idx_split(FASHION_DIR, split)
+    x, y = data_files._load_idx_split(FASHION_DIR, split)
     assert x.shape == (count, 28, 28, 1) and x.dtype == np.uint8
     assert y.shape == (count,) and y.dtype == np.int64
     np.testing.assert_array_equal(np.bincount(y), [count // 10] * 10)
@@ -336,7 +336,7 @@ def test_idx_reader_on_the_real_fashion_mnist_files(split, count):
 def test_fashion_mnist_loads_without_tfds_and_carves_validation_from_train(tmp_path):
     loaded = data.load("fashion_mnist", data_dir=str(tmp_path))  # no tfds copy, no IDX there
     assert (len(loaded.x_train), len(loaded.x_val), len(loaded.x_test)) == (59_000, 1_000, 10_000)
-    x_train, _ = data._load_idx_split(FASHION_DIR, "train")
+    x_train, _ = data_files._load_idx_split(FASHION_DIR, "train")
     assert image_counts(loaded.x_train, loaded.x_val) == image_counts(x_train)
     subset = data.load("fashion_mnist", train_examples=5_000)
     assert len(subset.x_train) == 5_000 and len(subset.x_val) == 1_000

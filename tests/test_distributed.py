@@ -40,17 +40,18 @@ def run(
         workdir="/tmp/unused",
     )
     # Deterministic attacks, so both runs see the same adversarial examples.
-    cfg = dataclasses.replace(
-        cfg,
-        linf_attack=dataclasses.replace(cfg.linf_attack, random_start=False),
-        l2_attack=dataclasses.replace(cfg.l2_attack, random_start=False),
+    cfg = cfg.replace(
+        linf_attack=dataclasses.replace(cfg.attacks.linf_attack, random_start=False),
+        l2_attack=dataclasses.replace(cfg.attacks.l2_attack, random_start=False),
     )
     arrays = data.load("digits")
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_replicas)])
     build = train.network_builder(cfg, arrays)
     with strategy.scope():
         model = train.build_generalist(cfg, build, STEPS)
-    stream = data.train_dataset(arrays, batch_size=cfg.batch_size, seed=cfg.seed)
+    stream = data.train_dataset(
+        arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
+    )
     val = None
     if validation:
         val = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=VALIDATION_BATCH)
@@ -59,7 +60,9 @@ def run(
         epochs=epochs,
         steps_per_epoch=STEPS,
         validation_data=val,
-        callbacks=[callbacks.GeneralistCallback(cfg.mixing, cfg.communication, epochs)],
+        callbacks=[
+            callbacks.GeneralistCallback(cfg.algorithm.mixing, cfg.algorithm.communication, epochs)
+        ],
         verbose=0,
     )
     return model

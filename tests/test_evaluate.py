@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from generalist_tf import data, distribute, export, robust_attacks
+from generalist_tf import attacks, data, distribute, export
 from generalist_tf.evaluation import per_example, plots, runner, suite, writers
 from tests import helpers_eval, helpers_train
 
@@ -406,7 +406,7 @@ def test_pgd20_agrees_with_cleverhans():
     arrays = helpers_eval.digits()
     x, y = arrays.x_test, arrays.y_test
     model = helpers_eval.fitted()
-    classifier = robust_attacks.as_classifier(model)
+    classifier = attacks.as_classifier(model)
     epsilon = helpers_eval.EPSILON_LINF
     pgd20 = suite.attack_suite()["pgd20_linf"]
     ours = np.mean(
@@ -526,14 +526,14 @@ def test_a_bf16_keras_model_is_attacked_in_float32(tmp_path, monkeypatch):
         half = models.build("digits_cnn", (8, 8, 1), 10)
     half.set_weights(fitted.get_weights())
     seen = set()
-    as_classifier = robust_attacks.as_classifier
+    as_classifier = attacks.as_classifier
 
     def spy(model):
         if model is half:
             seen.add(model.compute_dtype)
         return as_classifier(model)
 
-    monkeypatch.setattr(robust_attacks, "as_classifier", spy)
+    monkeypatch.setattr(runner, "as_classifier", spy)
     x, y = helpers_eval.subset(64)
     options = dict(x=x, y=y, attacks=["pgd20_linf"], **NO_CURVES)
     ours = _evaluate(half, tmp_path / "half", **options)

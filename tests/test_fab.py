@@ -1,4 +1,4 @@
-"""FAB-T (`generalist_tf.fab`): the projection it is built on, and minimum norms on linear models.
+"""FAB-T (`generalist_tf.attacks.fab`): the projection it is built on, and minimum norms on linear models.
 
 On a linear classifier the smallest perturbation that changes the class from y is, per target t,
 |z_y - z_t| / ||w_y - w_t||_q (q the dual norm: l_1 for l_inf, l_2 for l_2), and the untargeted
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import fab
+from generalist_tf.attacks import fab
 
 # The second FAB iterate on a linear model, as a multiple of the distance (module docstring).
 LINEAR_RATIO = 1.05 - 0.05 * 0.945 * (1 - 0.055 / 1.055)

@@ -133,7 +133,7 @@ def test_quickstart_with_two_cpu_replicas_exports_a_working_model(tmp_path):
 )
 def test_every_flagfile_parses_and_validates(flagfile):
     cfg = config_from(flagfile, workdir="/tmp/unused")
-    assert cfg.epochs >= 1
+    assert cfg.optimisation.epochs >= 1
     with open(os.path.join(FLAGS_DIR, flagfile)) as f:
         lines = [line.rstrip("\n") for line in f]
     assert lines[0].startswith("# "), "a flagfile opens with its description"
@@ -179,8 +179,8 @@ def test_every_variant_trains_evaluates_and_exports(tmp_path, variant):
         verbose=0,
     )
     results = train.train(cfg)
-    assert results["learners"] == list(cfg.learners)
-    for name in cfg.learners:
+    assert results["learners"] == list(cfg.algorithm.learners)
+    for name in cfg.algorithm.learners:
         assert f"{name}_ema/clean_accuracy" in results["test"]
     assert os.path.isdir(tmp_path / "export") and os.path.isdir(tmp_path / "export_last")
 

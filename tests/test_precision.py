@@ -48,12 +48,12 @@ def test_half_precision_trains_and_evaluates(tmp_path, precision):
     assert logits.dtype == tf.float32
     # The final table is a float32 measurement: the exported G's clean accuracy in it is the
     # float32 export's, to the example (its attack runs in float32: the test below).
-    arrays = data.load(cfg.dataset)
+    arrays = data.load(cfg.data.dataset)
     examples = data.eval_dataset(
         arrays.x_test,
         arrays.y_test,
-        batch_size=cfg.eval_batch_size,
-        num_examples=cfg.table_examples,
+        batch_size=cfg.evaluation.eval_batch_size,
+        num_examples=cfg.evaluation.table_examples,
     )
     serve = loaded.signatures["serving_default"]
     correct = sum(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from generalist_tf.experiments import ledger, repro
+from generalist_tf.experiments import ledger, repro, repro_runs, repro_suites, repro_tables
 from tests import helpers_train
 from tests.helpers_train import ROOT
 
@@ -27,7 +27,7 @@ TINY = {
 
 def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # flagfiles nest by paths relative to the repository root
-    what, method, overrides = repro.ABLATIONS["gd_no_ema"]
+    what, method, overrides = repro_suites.ABLATIONS["gd_no_ema"]
     plan = [(m, m, seed, {}) for m in ("pgd_at", "generalist_d") for seed in (0, 1)]
     plan.append(("gd_no_ema", method, 0, overrides))
     # Two runs at a time, each its own process, as `--jobs=2` does.
@@ -42,7 +42,7 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
         assert 0.0 <= run.metrics["last_pgd20"] <= run.metrics["last_clean"] <= 1.0
         assert run.metrics["best_epoch"] in (1, 2)
     results = tmp_path / "RESULTS.md"
-    table = repro.write_results(
+    table = repro_tables.write_results(
         str(results),
         runs,
         suite="digits",
@@ -76,19 +76,21 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     # alone (jobs=1) from scratch (restart: its checkpoints are set aside) to the same numbers:
     # with --deterministic, parallel runs do not interact.
     os.remove(tmp_path / "generalist_d" / "seed1" / "report.json")
-    done = repro.reusable(str(tmp_path))
+    done = repro_runs.reusable(str(tmp_path))
     assert set(done) == {("pgd_at", 0), ("pgd_at", 1), ("generalist_d", 0), ("gd_no_ema", 0)}
-    assert repro.read_metrics(str(tmp_path / "pgd_at" / "seed0")) == runs[0].metrics
+    assert repro_runs.read_metrics(str(tmp_path / "pgd_at" / "seed0")) == runs[0].metrics
     again = repro.run_plan(
         plan, root=str(tmp_path), suite="digits", extra=TINY, done=done, restart=True
     )
     assert [r.metrics for r in again] == [r.metrics for r in finished]
     assert [r.ended > 0 for r in again] == [False, False, False, True, False]
-    assert "4 of the 5 runs were reused" in repro.timing(again[:4], again[4:], wall=30.0, jobs=1)
+    assert "4 of the 5 runs were reused" in repro_tables.timing(
+        again[:4], again[4:], wall=30.0, jobs=1
+    )
 
 
 def test_run_command_quotes_for_the_shell():
-    line = repro.run_command("generalist_d", 2, "digits", {"mixing": "a=0:1;b=0:0"})
+    line = repro_runs.run_command("generalist_d", 2, "digits", {"mixing": "a=0:1;b=0:0"})
     assert shlex.split(line) == [
         "python",
         "-m",
@@ -107,11 +109,11 @@ def test_verdict_reads_the_numbers():
         "max": {"clean": (87.0, 1.0), "worst_linf": (36.0, 1.0), "union": (22.0, 1.0)},
         "generalist_t": {"clean": (90.0, 1.0), "worst_linf": (33.0, 1.0), "union": (21.0, 1.0)},
     }
-    lines = repro.verdict(table)
+    lines = repro_tables.verdict(table)
     assert "(+3.00)" in lines[0] and "holds" in lines[0] and "NOT" not in lines[0]
     assert "MAX" in lines[1] and "(-1.00)" in lines[1] and "NOT better" in lines[1]
     table["generalist_d"]["worst_linf"] = (30.0, 1.0)
-    assert "does NOT hold" in repro.verdict(table)[0]
+    assert "does NOT hold" in repro_tables.verdict(table)[0]
 
 
 @pytest.mark.slow
@@ -124,14 +126,14 @@ def test_flagfiles_reproduce_their_ledger_rows(tmp_path, monkeypatch):
     for _, method, seed, _ in plan:
         entry = ledger.find(entries, method, seed)
         assert entry is not None, f"RESULTS.json has no {method} seed {seed} row"
-        argv = repro.command(method, repro.run_flags(seed, "digits", {}))
+        argv = repro_runs.command(method, repro_runs.run_flags(seed, "digits", {}))
         assert not ledger.differing(
             entry["flags"], ledger.resolved_flags(argv[3:]), ledger.defaults()
         ), method
     runs = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra={}, done={}, jobs=2)
     for run in runs:
         recorded = ledger.find(entries, run.label, 0)["metrics"]
-        for key, _ in repro.COLUMNS + repro.SELECTION_COLUMNS:
+        for key, _ in repro_suites.COLUMNS + repro_suites.SELECTION_COLUMNS:
             assert run.metrics[key] == pytest.approx(recorded[key], abs=1e-9), (run.label, key)
         assert run.metrics["best_epoch"] == recorded["best_epoch"], run.label
 
@@ -192,8 +194,8 @@ def test_mnist_suite_trains_on_a_prepared_mnist(tmp_path, monkeypatch):
 
 
 FAKE_METRICS = {
-    **{key: 0.5 for key, _ in repro.COLUMNS},
-    **{key: 0.5 for key, _ in repro.SELECTION_COLUMNS},
+    **{key: 0.5 for key, _ in repro_suites.COLUMNS},
+    **{key: 0.5 for key, _ in repro_suites.SELECTION_COLUMNS},
     "alarms": [],
     "best_epoch": 2,
     "epochs": 2,
@@ -211,7 +213,7 @@ def test_ledger_carries_finished_runs_to_the_next_session(tmp_path, monkeypatch)
 
     def fake_run_one(method, seed, *, root, suite, extra, label=None, restart=False):
         trained.append((method, seed, dict(extra)))
-        return repro.Run(label or method, seed, FAKE_METRICS, 7.0, command="cmd")
+        return repro_suites.Run(label or method, seed, FAKE_METRICS, 7.0, command="cmd")
 
     monkeypatch.setattr(repro, "run_one", fake_run_one)
     args = dict(suite="fashion_mnist", extra={}, done={}, ledger_path=path)
@@ -260,7 +262,7 @@ def test_a_workdir_that_ran_other_flags_is_retrained_from_scratch(tmp_path, monk
 
     def fake_run_one(method, seed, *, root, suite, extra, label=None, restart=False):
         restarts.append(restart)
-        return repro.Run(label or method, seed, FAKE_METRICS, 1.0, command="cmd")
+        return repro_suites.Run(label or method, seed, FAKE_METRICS, 1.0, command="cmd")
 
     monkeypatch.setattr(repro, "run_one", fake_run_one)
     monkeypatch.setattr(repro, "read_metrics", lambda workdir: FAKE_METRICS)
@@ -301,7 +303,9 @@ def test_fashion_mnist_flagfile_repeats_its_ledger_row(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     entry = ledger.find(ledger.read(os.path.join(ROOT, "RESULTS_fashion_mnist.json")), "pgd_at", 0)
     assert entry is not None, "RESULTS_fashion_mnist.json has no pgd_at seed 0 row"
-    argv = repro.command("pgd_at", repro.run_flags(0, "fashion_mnist", {}), "fashion_mnist")
+    argv = repro_runs.command(
+        "pgd_at", repro_runs.run_flags(0, "fashion_mnist", {}), "fashion_mnist"
+    )
     assert not ledger.differing(entry["flags"], ledger.resolved_flags(argv[3:]), ledger.defaults())
     workdir = str(tmp_path / "pgd_at")
     result = helpers_train.run_main(

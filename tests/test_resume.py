@@ -119,7 +119,7 @@ def state(model, manager):
 
 def test_checkpoint_restores_every_learner_optimizer_ema_and_counter(tmp_path):
     cfg, arrays, strategy, model = build(tmp_path, seed=0)
-    stream = iter(data.train_dataset(arrays, batch_size=cfg.batch_size, seed=0))
+    stream = iter(data.train_dataset(arrays, batch_size=cfg.optimisation.batch_size, seed=0))
     for _ in range(3):
         model.train_step(next(stream))
         model.mix([0.2, 0.4, 0.4])
@@ -139,22 +139,3 @@ def test_checkpoint_restores_every_learner_optimizer_ema_and_counter(tmp_path):
     for key in saved:
         np.testing.assert_array_equal(restored[key], saved[key], err_msg=key)
     assert len(mixing.mixable_weights(fresh.learners[2].ema_network)) > 0
-
-
-def test_checkpoint_of_the_parent_alone_would_miss_the_learners(tmp_path):
-    """The pitfall the explicit tracking avoids, shown on learners held in a Python list."""
-    import keras
-
-    class Holder(keras.Model):
-        def __init__(self, networks):
-            super().__init__()
-            self.networks = list(networks)
-
-    nets = [keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]) for _ in range(2)]
-    saved = tf.train.Checkpoint(model=Holder(nets)).write(str(tmp_path / "parent"))
-    names = [name for name, _ in tf.train.list_variables(saved)]
-    explicit = tf.train.Checkpoint(**{f"n{i}": n for i, n in enumerate(nets)})
-    explicit_names = [n for n, _ in tf.train.list_variables(explicit.write(str(tmp_path / "x")))]
-    assert sum("kernel" in n for n in explicit_names) == 2
-    # Whatever Keras does for the list, our checkpoints never rely on it.
-    assert sum("kernel" in n for n in names) <= 2

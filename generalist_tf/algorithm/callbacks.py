@@ -11,6 +11,7 @@ import math
 import keras
 from absl import logging
 
+from generalist_tf import names
 from generalist_tf.algorithm import schedules
 
 
@@ -82,8 +83,8 @@ class GeneralistCallback(keras.callbacks.Callback):
         self.model.stop_mixing()
 
 
-CLEAN_KEY = "val_global/clean_accuracy"
-PGD_KEY = "val_global/pgd_accuracy"
+CLEAN_KEY = names.metric_key(names.GLOBAL, "clean_accuracy")
+PGD_KEY = names.metric_key(names.GLOBAL, "pgd_accuracy")
 
 
 def selection_score(logs: dict, rule: str, clean_floor: float = 0.0) -> float | None:

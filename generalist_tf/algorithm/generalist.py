@@ -23,12 +23,12 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from generalist_tf import compat
+from generalist_tf import attacks, compat, names
 from generalist_tf.algorithm import callbacks as callbacks_lib
 from generalist_tf.algorithm import mixing
 from generalist_tf.algorithm.learners import BaseLearner, per_example_ce
 
-GLOBAL = "global"
+GLOBAL = names.GLOBAL
 BEST = "best"
 
 
@@ -87,10 +87,11 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         self._evaluate_emas = True
         self._eval_metrics = {}
         for prefix in [BEST] + self.evaluated_names():
+            loss, clean, pgd = names.EVAL_METRICS
             self._eval_metrics[prefix] = {
-                "loss": keras.metrics.Mean(name=f"{prefix}_eval_loss"),
-                "clean_accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_clean"),
-                "pgd_accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_pgd"),
+                loss: keras.metrics.Mean(name=f"{prefix}_eval_loss"),
+                clean: keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_clean"),
+                pgd: keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}_pgd"),
             }
         self._mix = tf.function(self._mix_fn)
         self._redistribute = tf.function(self._redistribute_fn)
@@ -254,8 +255,13 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         for prefix, network in self.evaluated_networks().items():
             metrics = self._eval_metrics[prefix]
             logits = network(x, training=False)
-            x_adv = self.eval_attack(
-                network, x, y, jit_compile=self.jit_compile, seed=self._eval_seed()
+            x_adv = attacks.pgd_with(
+                self.eval_attack,
+                network,
+                x,
+                y,
+                jit_compile=self.jit_compile,
+                seed=self._eval_seed(),
             )
             # Per example, so the loss is the split's mean however its batches are cut.
             metrics["loss"].update_state(per_example_ce(y, logits))

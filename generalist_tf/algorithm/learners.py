@@ -20,39 +20,11 @@ would give an update off by the replica count with no error.
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 
-from generalist_tf import attacks
-
-
-@dataclasses.dataclass(frozen=True)
-class Attack:
-    """An attack budget: which norm, radius, step, exact number of steps."""
-
-    norm: str
-    epsilon: float
-    step_size: float
-    num_steps: int
-    random_start: bool = True
-    loss: str = "ce"
-
-    def __call__(self, model, x, y, *, jit_compile="auto", seed=None):
-        return attacks.pgd(
-            model,
-            x,
-            y,
-            norm=self.norm,
-            epsilon=self.epsilon,
-            step_size=self.step_size,
-            num_steps=self.num_steps,
-            random_start=self.random_start,
-            loss=self.loss,
-            jit_compile=jit_compile,
-            seed=seed,
-        )
+from generalist_tf import attacks, names
+from generalist_tf.attacks.budget import Attack  # noqa: F401 (the budget type, `learners.Attack`)
 
 
 def per_example_ce(y, logits) -> tf.Tensor:
@@ -192,8 +164,8 @@ class PGDLearner(BaseLearner):
     """Adversarial training (Madry et al. 2018): CE on PGD examples of the learner's own network."""
 
     def make_inputs(self, x, y):
-        return self.attack(
-            self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed()
+        return attacks.pgd_with(
+            self.attack, self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed()
         )
 
 
@@ -250,9 +222,21 @@ class _MultiNormLearner(BaseLearner):
 
     def make_inputs(self, x, y):
         return (
-            self.attack(self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed(0)),
-            self.l2_attack(
-                self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed(1)
+            attacks.pgd_with(
+                self.attack,
+                self.network,
+                x,
+                y,
+                jit_compile=self.jit_compile,
+                seed=self.attack_seed(0),
+            ),
+            attacks.pgd_with(
+                self.l2_attack,
+                self.network,
+                x,
+                y,
+                jit_compile=self.jit_compile,
+                seed=self.attack_seed(1),
             ),
         )
 
@@ -319,13 +303,7 @@ LEARNERS: dict[str, type[BaseLearner]] = {
     )
 }
 
-# The threat models each task trains against (what the evaluation compares its epsilons with).
-TRAINING_NORMS: dict[str, tuple[str, ...]] = {
-    "natural": (),
-    "linf_pgd": ("linf",),
-    "l2_pgd": ("l2",),
-    "trades": ("linf",),
-    "avg": ("linf", "l2"),
-    "max": ("linf", "l2"),
-    "msd": ("linf", "l2"),
-}
+assert set(LEARNERS) == set(names.TRAINING_NORMS), (
+    "learners.LEARNERS and names.TRAINING_NORMS differ"
+)
+TRAINING_NORMS = names.TRAINING_NORMS

@@ -16,7 +16,10 @@ implement the PyTorch form as a Keras optimizer; it inherits Keras' distribution
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+from generalist_tf.algorithm.schedules import PiecewiseLinear
 
 
 class CoupledSGD(keras.optimizers.Optimizer):
@@ -59,3 +62,34 @@ class CoupledSGD(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update({"momentum": self.momentum, "l2": self.l2})
         return config
+
+
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate that is a `PiecewiseLinear` function of the integer epoch.
+
+    The optimizer's step counter is converted to the 1-indexed epoch `step // steps_per_epoch +
+    1`, so the rate is constant within an epoch, as in the official code.
+    """
+
+    def __init__(self, schedule: PiecewiseLinear, *, epochs: int, steps_per_epoch: int):
+        self.schedule = schedule
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+
+    def __call__(self, step):
+        epoch = tf.cast(step, tf.int64) // self.steps_per_epoch + 1
+        # `schedule(epoch, epochs)` on a tensor: the same interpolation inside the compiled step.
+        t = tf.cast(epoch, tf.float32) / float(self.epochs)
+        points = self.schedule.points
+        value = tf.constant(points[0][1], tf.float32)
+        for (f0, v0), (f1, v1) in zip(points, points[1:]):
+            inside = v0 + (v1 - v0) * (t - f0) / (f1 - f0)
+            value = tf.where(t > f0, tf.where(t <= f1, inside, v1), value)
+        return value
+
+    def get_config(self):
+        return {
+            "points": [list(p) for p in self.schedule.points],
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+        }

@@ -2,7 +2,9 @@
 
 Every boundary is a fraction of training read from the config; no epoch number is written in
 code. A schedule is piecewise linear through points `(fraction_of_epochs, value)` and is
-evaluated at the integer epoch, as in the official code (`np.interp(epoch, ...)`).
+evaluated at the integer epoch, as in the official code (`np.interp(epoch, ...)`). Pure Python:
+the configuration parses and checks schedules without starting TensorFlow (the learning rate's
+Keras form is `optimizers.EpochSchedule`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,6 @@ from __future__ import annotations
 import dataclasses
 import fractions
 from typing import Sequence
-
-import keras
-import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +44,6 @@ class PiecewiseLinear:
                 return v0 + (v1 - v0) * (t - f0) / (f1 - f0)
             f0, v0 = f1, v1
         return v0
-
-    def tensor(self, epoch: tf.Tensor, epochs: int) -> tf.Tensor:
-        """The same function on a float32 tensor `epoch` (for use inside compiled steps)."""
-        t = tf.cast(epoch, tf.float32) / float(epochs)
-        value = tf.constant(self.points[0][1], tf.float32)
-        for (f0, v0), (f1, v1) in zip(self.points, self.points[1:]):
-            inside = v0 + (v1 - v0) * (t - f0) / (f1 - f0)
-            value = tf.where(t > f0, tf.where(t <= f1, inside, v1), value)
-        return value
 
     def __str__(self) -> str:
         return ",".join(f"{f:g}:{v:g}" for f, v in self.points)
@@ -136,27 +126,3 @@ class Communication:
     def is_communication_epoch(self, epoch: int, epochs: int) -> bool:
         """Whether 1-indexed `epoch` communicates."""
         return epoch >= self.start_epoch(epochs) and epoch % self.period == 0
-
-
-class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A learning rate that is a `PiecewiseLinear` function of the integer epoch.
-
-    The optimizer's step counter is converted to the 1-indexed epoch `step // steps_per_epoch +
-    1`, so the rate is constant within an epoch, as in the official code.
-    """
-
-    def __init__(self, schedule: PiecewiseLinear, *, epochs: int, steps_per_epoch: int):
-        self.schedule = schedule
-        self.epochs = epochs
-        self.steps_per_epoch = steps_per_epoch
-
-    def __call__(self, step):
-        epoch = tf.cast(step, tf.int64) // self.steps_per_epoch + 1
-        return self.schedule.tensor(epoch, self.epochs)
-
-    def get_config(self):
-        return {
-            "points": [list(p) for p in self.schedule.points],
-            "epochs": self.epochs,
-            "steps_per_epoch": self.steps_per_epoch,
-        }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from generalist_tf import attacks, robust_attacks
+from generalist_tf import attacks
 from generalist_tf.evaluation import suite
 
 ZERO_GRADIENT = "zero_gradient"
@@ -70,7 +70,7 @@ def gradient_statistics(model, x, y, *, seed: int = 0) -> dict[str, float]:
     """Health of the cross-entropy input gradients on a batch.
 
     Args:
-      model: `model(images, training=False) -> logits` (see `robust_attacks.as_classifier`).
+      model: `model(images, training=False) -> logits` (see `attacks.as_classifier`).
       x, y: a batch of images in [0, 1] and labels.
       seed: seed of the random finite-difference directions.
 
@@ -79,7 +79,7 @@ def gradient_statistics(model, x, y, *, seed: int = 0) -> dict[str, float]:
       `disagreement_share` (finite differences disagree with the autodiff directional
       derivative beyond `FINITE_DIFFERENCE_RTOL`/`_ATOL`), each a fraction of the examples.
     """
-    model = robust_attacks.as_classifier(model)
+    model = attacks.as_classifier(model)
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.convert_to_tensor(y)
     axes = list(range(1, x.shape.rank))
@@ -144,7 +144,7 @@ def gradient_health(model, x, y, *, seed: int = 0) -> list[str]:
 
 def unbounded_accuracy(model, x, y, *, jit_compile="auto") -> float:
     """Accuracy under l_inf PGD-CE with epsilon 1 (the whole pixel box), from x itself."""
-    model = robust_attacks.as_classifier(model)
+    model = attacks.as_classifier(model)
     x_adv = attacks.pgd(
         model,
         x,

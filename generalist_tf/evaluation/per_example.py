@@ -39,7 +39,7 @@ def run_attack(
     """Per-example correctness of the model under one attack, batch by batch.
 
     Args:
-      model: the model the attack differentiates / queries (a `robust_attacks.Classifier`).
+      model: the model the attack differentiates / queries (a `attacks.Classifier`).
       x, y: float32 images in [0, 1] and int labels (numpy).
       attack: the attack and its budget.
       epsilon: the radius of the attack's norm ball.

@@ -27,8 +27,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import attacks as pgd_attacks
-from generalist_tf import distribute, precision, robust_attacks
+from generalist_tf import distribute, precision
+from generalist_tf.attacks import budget
+from generalist_tf.attacks.classifier import as_classifier
 from generalist_tf.evaluation import (
     alarms,
     per_example,
@@ -148,7 +149,7 @@ def evaluate_model(
     if x.ndim != 4 or y.shape != (len(x),) or len(x) == 0:
         raise ValueError(f"need images (N, H, W, C) and labels (N,), got {x.shape} and {y.shape}")
     os.makedirs(workdir, exist_ok=True)
-    classifier = robust_attacks.as_classifier(model)
+    classifier = as_classifier(model)
     epsilons = {"linf": float(epsilon_linf), "l2": float(epsilon_l2)}
     by_name = suite.attack_suite(
         restarts=restarts,
@@ -159,11 +160,11 @@ def evaluate_model(
     runs = suite.selected_attacks(
         by_name, names, num_classes=int(classifier(x[:1]).shape[-1]), transfer=surrogate is not None
     )
-    surrogate_classifier = None if surrogate is None else robust_attacks.as_classifier(surrogate)
+    surrogate_classifier = None if surrogate is None else as_classifier(surrogate)
     fractions = tuple(float(f) for f in epsilon_fractions)
     curve_norms = [
         norm
-        for norm in pgd_attacks.NORMS
+        for norm in budget.NORMS
         if fractions and any(attack.norm == norm for _, attack in runs)
     ]
     batches = per_example.num_batches(len(x), batch_size)
@@ -315,7 +316,7 @@ def summarise(clean: np.ndarray, masks: dict, entries: dict) -> dict:
       norm without attacks) and `union_accuracy` (robust to x and every attack).
     """
     worst_case = {}
-    for norm in pgd_attacks.NORMS:
+    for norm in budget.NORMS:
         robust = clean.copy()
         for name, entry in entries.items():
             if entry["norm"] == norm:

@@ -13,57 +13,24 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import attacks as pgd_attacks
-from generalist_tf import fab, robust_attacks, square_l2
-
-# Every attack of the suite, in report order: l_inf, then l_2.
-ATTACK_NAMES = (
-    "fgsm_linf",
-    "pgd20_linf",
-    "pgd100_linf",
-    "cw_linf",
-    "mim_linf",
-    "apgd_ce_linf",
-    "apgd_t_linf",
-    "fab_t_linf",
-    "square_linf",
-    "pgd20_l2",
-    "pgd100_l2",
-    "apgd_ce_l2",
-    "apgd_t_l2",
-    "fab_t_l2",
-    "square_l2",
+from generalist_tf import attacks
+from generalist_tf.attacks import fab
+from generalist_tf.evaluation.attack_names import (  # noqa: F401 (`suite.<name>` for callers)
+    ATTACK_NAMES,
+    ATTACK_SETS,
+    DEFAULT_ATTACKS,
+    LATER_ATTACKS,
+    NON_GRADIENT_ATTACKS,
+    REFERENCES,
+    STANDARD_ATTACKS,
+    STANDARD_ITERATIONS,
+    STANDARD_SQUARE_QUERIES,
+    STREAM_ORDER,
+    TARGETED_DLR_ATTACKS,
+    TRANSFER_ATTACK,
+    expand_attacks,
 )
-# Attacks added after the first suite (FAB-T, the l_2 targeted and black-box attacks), in the
-# order they were added. They run only when asked for, so that published numbers and the guarded
-# reproduction rows keep their meaning: the default is every other attack.
-LATER_ATTACKS = ("apgd_t_l2", "fab_t_linf", "fab_t_l2", "square_l2")
-DEFAULT_ATTACKS = tuple(name for name in ATTACK_NAMES if name not in LATER_ATTACKS)
-# Added when a surrogate model is given: PGD-20 on the surrogate, evaluated on the model.
-TRANSFER_ATTACK = "transfer_pgd20_linf"
-# AutoAttack's standard version (Croce & Hein 2020; RobustBench's rule), per norm: APGD-CE,
-# APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries); 100 iterations each.
-STANDARD_ATTACKS = {
-    "linf": ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf"),
-    "l2": ("apgd_ce_l2", "apgd_t_l2", "fab_t_l2", "square_l2"),
-}
-STANDARD_ITERATIONS = 100
-STANDARD_SQUARE_QUERIES = 5000
-# Named lists for `--eval_attacks` (alone): the default, the standard list of both norms, all.
-ATTACK_SETS = {
-    "default": DEFAULT_ATTACKS,
-    "standard": tuple(name for names in STANDARD_ATTACKS.values() for name in names),
-    "all": ATTACK_NAMES,
-}
-# The random stream of an attack is its position here: append only, so that adding an attack
-# never changes another one's numbers.
-STREAM_ORDER = DEFAULT_ATTACKS + (TRANSFER_ATTACK,) + LATER_ATTACKS
-# Black-box and transfer attacks; every other attack is a white-box gradient attack.
-NON_GRADIENT_ATTACKS = ("square_linf", "square_l2", TRANSFER_ATTACK)
-# Targeted DLR needs at least 4 classes; these are left out (with a warning) below that.
-TARGETED_DLR_ATTACKS = ("apgd_t_linf", "apgd_t_l2")
-# Third-party libraries that `evaluate_model(reference=...)` can cross-check against.
-REFERENCES = ("art",)
+
 # Step sizes of PGD, CW and MIM as a fraction of epsilon (2/255 for 8/255, the usual protocol).
 STEP_FRACTION = 0.25
 CW_STEPS = 30
@@ -96,7 +63,7 @@ def _pgd_attack(name, norm, num_steps, restarts, jit_compile, loss="ce", descrip
     """PGD from a random start (`attacks.pgd`), `restarts` independent times."""
 
     def run(model, x, y, epsilon, seed):
-        return pgd_attacks.pgd(
+        return attacks.pgd(
             model,
             x,
             y,
@@ -127,11 +94,11 @@ def attack_suite(
 
     def fgsm(model, x, y, epsilon, seed):
         del seed
-        return robust_attacks.fgsm(model, x, y, epsilon=epsilon, jit_compile=jit_compile)
+        return attacks.fgsm(model, x, y, epsilon=epsilon, jit_compile=jit_compile)
 
     def mim(model, x, y, epsilon, seed):
         del seed
-        return robust_attacks.mim(
+        return attacks.mim(
             model,
             x,
             y,
@@ -152,12 +119,10 @@ def attack_suite(
         return run
 
     def apgd(norm, loss):
-        return bound(
-            robust_attacks.apgd, norm=norm, num_steps=apgd_steps, loss=loss, restarts=restarts
-        )
+        return bound(attacks.apgd, norm=norm, num_steps=apgd_steps, loss=loss, restarts=restarts)
 
-    square = bound(robust_attacks.square, num_queries=square_queries)
-    square_2 = bound(square_l2.square_l2, num_queries=square_queries)
+    square = bound(attacks.square, num_queries=square_queries)
+    square_2 = bound(attacks.square_l2, num_queries=square_queries)
 
     def fab_t(norm):
         return bound(fab.fab_t, norm=norm, num_steps=apgd_steps, restarts=restarts)
@@ -187,7 +152,7 @@ def attack_suite(
             f"beta {fab.BETA:g}; adversarial if its distance is within epsilon",
         )
 
-    targets = robust_attacks.APGD_TARGET_CLASSES
+    targets = attacks.APGD_TARGET_CLASSES
     suite = [
         Attack("fgsm_linf", "linf", 1, 1, 1, fgsm, "FGSM, one step of epsilon from x"),
         _pgd_attack("pgd20_linf", "linf", 20, restarts, jit_compile),
@@ -200,7 +165,7 @@ def attack_suite(
             jit_compile,
             loss="cw",
             description=(
-                f"CW-inf: PGD-{CW_STEPS} on the CW margin (kappa {pgd_attacks.CW_KAPPA:g}), random "
+                f"CW-inf: PGD-{CW_STEPS} on the CW margin (kappa {attacks.CW_KAPPA:g}), random "
                 f"start, step {STEP_FRACTION:g} x epsilon"
             ),
         ),
@@ -270,18 +235,6 @@ def attack_suite(
         )
     )
     return {attack.name: attack for attack in suite}
-
-
-def expand_attacks(attacks) -> list[str]:
-    """The attack names of `attacks`: None (the default list), a name of `ATTACK_SETS`, or names."""
-    if attacks is None:
-        return list(DEFAULT_ATTACKS)
-    if isinstance(attacks, str):
-        attacks = [attacks]
-    attacks = list(attacks)
-    if len(attacks) == 1 and attacks[0] in ATTACK_SETS:
-        return list(ATTACK_SETS[attacks[0]])
-    return attacks
 
 
 def selected_attacks(suite, names, *, num_classes: int, transfer: bool) -> list[tuple[str, Attack]]:

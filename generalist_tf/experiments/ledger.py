@@ -3,7 +3,7 @@
 A reproduction suite costs more machine time than one session has, and a session's work
 directories do not survive it. The ledger (`RESULTS_<suite>.json`, committed next to
 `RESULTS_<suite>.md`) is what carries finished runs from one session to the next: per run its
-label and seed, the numbers `repro.read_metrics` read from its workdir, its time, its command, the
+label and seed, the numbers `repro_runs.read_metrics` read from its workdir, its time, its command, the
 commit of the tree that ran it, and every flag value the command resolved to. A later invocation
 reuses an entry only when its command still resolves to the same flags (flagfile edits, changed
 overrides or a new protocol retrain the run); the table is always computed from the entries.

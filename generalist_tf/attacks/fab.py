@@ -17,15 +17,15 @@ point around x. As an attack of the robustness suite it returns the closest adve
 found when it lies within epsilon, and x otherwise.
 
 The model runs in inference mode; gradients that are missing or non-finite count as zero (as in
-`robust_attacks`), and the loops are compiled under the project's XLA policy.
+`apgd`), and the loops are compiled under the project's XLA policy.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from generalist_tf import attacks
-from generalist_tf import robust_attacks as ra
+from generalist_tf.attacks import budget, geometry, losses
+from generalist_tf.attacks.compile import compiled, scalar
 
 # The reference's defaults (AutoAttack's FAB): the largest bias towards x, the overshoot, and the
 # backward step after a success.
@@ -81,8 +81,8 @@ def project_onto_hyperplane(w, c, lower, upper, norm: str) -> tf.Tensor:
     reachable = tf.reduce_sum(towards * furthest, axis=1)
 
     if norm == "l2":
-        scale = tf.reduce_sum(tf.square(towards), axis=1) + ra._TINY
-        unconstrained = tf.math.log(needed / scale + ra._TINY)
+        scale = tf.reduce_sum(tf.square(towards), axis=1) + losses.TINY
+        unconstrained = tf.math.log(needed / scale + losses.TINY)
 
         def step(log_lam):
             # Coordinates with w' = 0 stay at 0 (inf * 0 must not become NaN).
@@ -118,7 +118,7 @@ def _fab_run(model, x, y, target, norm, num_steps, alpha_max, eta, beta, start_r
     0 where x itself is misclassified).
     """
     x = tf.convert_to_tensor(x, tf.float32)
-    shape = ra._batch_shape(x)
+    shape = geometry.batch_shape(x)
     y = tf.cast(y, tf.int32)
     target = tf.cast(target, tf.int32)
 
@@ -131,14 +131,14 @@ def _fab_run(model, x, y, target, norm, num_steps, alpha_max, eta, beta, start_r
         gradient = tape.gradient(
             objective, images, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        return gap, ra._finite_or_zero(gradient, images)
+        return gap, geometry.finite_or_zero(gradient, images)
 
-    clean_fooled = ra._fooled(model(x, training=False), y)
+    clean_fooled = losses.fooled(model(x, training=False), y)
     x_best = x
     distance_best = tf.where(clean_fooled, 0.0, float("inf"))
     # A random start around x within start_radius (0: the run starts at x itself).
     x_cur = tf.clip_by_value(
-        x + attacks.random_init(x, norm=norm, epsilon=start_radius, seed=seed), 0.0, 1.0
+        x + geometry.random_init(x, norm=norm, epsilon=start_radius, seed=seed), 0.0, 1.0
     )
     for _ in tf.range(num_steps):
         gap, w = gap_and_gradient(x_cur)
@@ -148,13 +148,13 @@ def _fab_run(model, x, y, target, norm, num_steps, alpha_max, eta, beta, start_r
         d_orig = project_onto_hyperplane(w, gap_at_x, -x, 1.0 - x, norm)
         # Step 3: the biased, overshot combination of the two projections.
         n_cur, n_orig = norm_of(d_cur, norm), norm_of(d_orig, norm)
-        alpha = tf.minimum(n_cur / (n_cur + n_orig + ra._TINY), alpha_max)
+        alpha = tf.minimum(n_cur / (n_cur + n_orig + losses.TINY), alpha_max)
         alpha = tf.reshape(alpha, shape)
         x_next = tf.clip_by_value(
             (1.0 - alpha) * (x_cur + eta * d_cur) + alpha * (x + eta * d_orig), 0.0, 1.0
         )
         # Step 4: keep the closest success, then step back towards x.
-        fooled = ra._fooled(model(x_next, training=False), y)
+        fooled = losses.fooled(model(x_next, training=False), y)
         distance = norm_of(x_next - x, norm)
         closer = fooled & (distance < distance_best)
         x_best = tf.where(tf.reshape(closer, shape), x_next, x_best)
@@ -164,8 +164,7 @@ def _fab_run(model, x, y, target, norm, num_steps, alpha_max, eta, beta, start_r
     return tf.stop_gradient(x_best), distance_best
 
 
-_FAB_GRAPH = tf.function(_fab_run, jit_compile=False)
-_FAB_XLA = tf.function(_fab_run, jit_compile=True)
+_FAB = compiled(_fab_run)
 
 
 def minimal_adversarial(
@@ -196,19 +195,16 @@ def minimal_adversarial(
         `start_radius` ball around x.
       alpha_max, eta, beta: the paper's bias bound, overshoot and backward step.
       seed: the random starts are a pure function of it.
-      jit_compile: compile policy (see `attacks.resolve_jit_compile`).
+      jit_compile: compile policy (see `compile.resolve_jit_compile`).
 
     Raises:
       ValueError: an argument outside its range.
     """
-    if norm not in attacks.NORMS:
-        raise ValueError(f"norm must be one of {attacks.NORMS}, got {norm!r}")
-    ra._check_count("num_steps", num_steps, 1)
-    ra._check_count("target_classes", target_classes, 1)
-    ra._check_count("restarts", restarts, 1)
-    for name, value, high in (("alpha_max", alpha_max, 1.0), ("beta", beta, 1.0)):
-        if not 0.0 <= value <= high:
-            raise ValueError(f"{name} must be in [0, {high:g}], got {value}")
+    budget.check_budget(norm=norm, num_steps=num_steps, min_steps=1)
+    budget.check_count("target_classes", target_classes, 1)
+    budget.check_count("restarts", restarts, 1)
+    budget.check_in("alpha_max", alpha_max, 0.0, 1.0)
+    budget.check_in("beta", beta, 0.0, 1.0)
     if not eta >= 1.0:
         raise ValueError(f"eta must be >= 1, got {eta}")
     if restarts > 1 and not start_radius > 0:
@@ -219,26 +215,26 @@ def minimal_adversarial(
     num_classes = int(logits.shape[-1])
     wrong = tf.where(tf.one_hot(y, num_classes) > 0, float("-inf"), logits)
     targets = tf.math.top_k(wrong, k=min(target_classes, num_classes - 1)).indices
-    compiled = _FAB_XLA if attacks.resolve_jit_compile(jit_compile) else _FAB_GRAPH
     best, best_distance = x, tf.fill(tf.shape(y), float("inf"))
     for t in range(targets.shape[-1]):
         for restart in range(restarts):
             radius = 0.0 if restart == 0 else float(start_radius)
-            found, distance = compiled(
+            found, distance = _FAB(
+                jit_compile,
                 model,
                 x,
                 y,
                 targets[:, t],
                 norm,
                 num_steps,
-                ra._scalar(alpha_max),
-                ra._scalar(eta),
-                ra._scalar(beta),
-                ra._scalar(radius),
+                scalar(alpha_max),
+                scalar(eta),
+                scalar(beta),
+                scalar(radius),
                 tf.constant([seed, t * restarts + restart], tf.int64),
             )
             closer = distance < best_distance
-            best = tf.where(tf.reshape(closer, ra._batch_shape(x)), found, best)
+            best = tf.where(tf.reshape(closer, geometry.batch_shape(x)), found, best)
             best_distance = tf.where(closer, distance, best_distance)
     return best, best_distance
 
@@ -251,9 +247,9 @@ def fab_t(model, x, y, *, norm: str, epsilon: float, seed: int = 0, **kwargs) ->
     Returns:
       Images inside the `norm` ball of radius epsilon and [0, 1].
     """
-    ra._check_epsilon(epsilon)
+    budget.check_epsilon(epsilon)
     kwargs.setdefault("start_radius", float(epsilon))
     x = tf.convert_to_tensor(x, tf.float32)
     found, distance = minimal_adversarial(model, x, y, norm=norm, seed=seed, **kwargs)
-    inside = tf.reshape(distance <= epsilon, ra._batch_shape(x))
+    inside = tf.reshape(distance <= epsilon, geometry.batch_shape(x))
     return tf.where(inside, found, x)

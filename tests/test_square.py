@@ -1,7 +1,7 @@
-"""Square Attack in l_2 (`generalist_tf.square_l2`): its pattern, budget, and a third-party check.
+"""Square Attack in l_2 (`attacks.random_search`): its pattern, budget, and a third-party check.
 
 The threat model (ball, box, identity at epsilon 0) and strength are in the attack property suite
-of test_robust_attacks.py. ART 1.20.1's l_2 Square is not an agreement reference: on 8x8 digits
+of test_attack_suite_properties.py. ART 1.20.1's l_2 Square is not an agreement reference: on 8x8 digits
 its start tiles have side 8 // 5 = 1 and an empty pattern (0/0), and its update divides the new
 window by its target mass instead of scaling to it (`a /= b * c`), so it is a weaker attack
 (measured here: 35% vs our 0.5% accuracy at epsilon 1 on digits, 70.5% vs 54% on Fashion-MNIST;
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import data, robust_attacks, square_l2
+from generalist_tf import attacks, data
+from generalist_tf.attacks import random_search
 from generalist_tf.evaluation import references
 
 
@@ -26,7 +27,7 @@ def _pattern(side, transpose=False):
     squares = tf.math.cumsum(
         tf.concat([[0.0], 1.0 / tf.square(tf.range(1, side + 2, dtype=tf.float32))], 0)
     )
-    return square_l2._pattern(rows, cols, 0, 0, side, transpose, squares).numpy()[0, :, :, 0]
+    return random_search._pattern(rows, cols, 0, 0, side, transpose, squares).numpy()[0, :, :, 0]
 
 
 @pytest.mark.parametrize("side", [3, 6, 7])
@@ -46,7 +47,7 @@ def test_pattern_is_two_opposite_blocks_peaked_at_their_centres(side):
 
 def test_refuses_images_too_small_for_a_pattern():
     with pytest.raises(ValueError, match="at least 3 x 3"):
-        square_l2.square_l2(
+        attacks.square_l2(
             lambda v, training=False: v[:, 0, 0, :], np.zeros((1, 2, 2, 1)), [0], epsilon=1.0
         )
 
@@ -78,8 +79,8 @@ def test_never_weaker_than_arts_square_l2():
     from art.attacks.evasion import SquareAttack
 
     model, x, y = _fashion_model()
-    classifier = robust_attacks.as_classifier(model)
-    ours = square_l2.square_l2(classifier, x, y, epsilon=1.0, num_queries=1000, seed=0)
+    classifier = attacks.as_classifier(model)
+    ours = attacks.square_l2(classifier, x, y, epsilon=1.0, num_queries=1000, seed=0)
     reference = references.art_estimator(classifier, x)
     np.random.seed(0)
     with warnings.catch_warnings():

@@ -1,0 +1,84 @@
+"""The project's vocabulary: the names flags, configs and files use, in pure Python.
+
+Datasets, architectures, BatchNorm conventions and learner tasks are named here once; the modules
+that implement them (`data`, `models`, `algorithm/learners`) import these names and check at
+import time that their registries match. The configuration validates flags against this module,
+so checking a flagfile does not start TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Datasets served by tensorflow-datasets, with the size of the validation split carved out of
+# their training split and the augmentation they get during training.
+TFDS_DATASETS = {
+    "mnist": (1_000, "none"),
+    "fashion_mnist": (1_000, "none"),
+    "cifar10": (5_000, "crop_flip"),
+    "cifar100": (5_000, "crop_flip"),
+    "svhn_cropped": (5_000, "crop"),
+}
+EMBEDDED_DATASETS = ("digits",)
+NPZ_PREFIX = "npz:"
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+# The architectures of `models.MODELS`, and BatchNorm's moving-variance conventions.
+MODELS = ("resnet18", "preact_resnet18", "wide_resnet", "small_cnn", "digits_cnn")
+BN_MOVING_VARIANCE = ("unbiased", "biased")
+
+# The learner tasks of `algorithm/learners.LEARNERS` and the threat models each trains against
+# (what the evaluation compares its epsilons with).
+TRAINING_NORMS: dict[str, tuple[str, ...]] = {
+    "natural": (),
+    "linf_pgd": ("linf",),
+    "l2_pgd": ("l2",),
+    "trades": ("linf",),
+    "avg": ("linf", "l2"),
+    "max": ("linf", "l2"),
+    "msd": ("linf", "l2"),
+}
+
+# What the validation step logs for each evaluated network, as `val_<prefix>/<metric>` (Keras
+# adds `val_`): prefixes `global` (G), `best` and `<task>_ema`; the test table uses
+# `<prefix>/<metric>`.
+EVAL_METRICS = ("loss", "clean_accuracy", "pgd_accuracy")
+GLOBAL = "global"
+
+
+def metric_key(prefix: str, metric: str, *, validation: bool = True) -> str:
+    """The log key of `metric` (one of `EVAL_METRICS`) of the network `prefix`."""
+    return f"{'val_' if validation else ''}{prefix}/{metric}"
+
+
+def is_known_dataset(name: str) -> bool:
+    """Whether `name` names a dataset `data.load` understands (npz files are not opened)."""
+    return name in EMBEDDED_DATASETS or name in TFDS_DATASETS or name.startswith(NPZ_PREFIX)
+
+
+def known_datasets() -> str:
+    """The dataset names for an error message."""
+    return ", ".join(list(EMBEDDED_DATASETS) + list(TFDS_DATASETS) + ["npz:PATH"])
+
+
+def is_user_model(name: str) -> bool:
+    """Whether `--model` names a user's builder, `package.module:function`, not our registry."""
+    return ":" in name
+
+
+def user_builder(name: str):
+    """The function `package.module:function` names: `build(image_shape, num_classes)` returning
+    a fresh `keras.Model` from [0, 1] images to logits (`--model=my_nets:build`).
+
+    Raises:
+      ValueError: the module does not import or has no such function (one line naming --model).
+    """
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--model={name}: cannot import {module_name!r} ({e})") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(f"--model={name}: {module_name} has no function {attribute!r}")
+    return function
