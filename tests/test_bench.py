@@ -102,7 +102,7 @@ def test_floor_follows_from_the_times_of_its_group(result):
     times, floors = result["times_s"], result["floors"]
     k = bench_setup.make_config(
         bench_settings.DIGITS_FLAGFILE, variant="pgd_at"
-    ).linf_attack.num_steps
+    ).attacks.linf_attack.num_steps
     for sfx in ("", "_bf16"):
         attack = times[f"digits_cnn/attack/pgd{sfx}"]
         t = times[f"digits_cnn/step/standard{sfx}"]

@@ -139,6 +139,7 @@ def test_two_replicas_equal_one_replica_other_variants(variant):
     assert_same_training(run(1, variant=variant, epochs=1), run(2, variant=variant, epochs=1))
 
 
+@pytest.mark.slow  # A fresh process with 3 devices; uneven batches on 2: test_compat (fast).
 def test_three_replicas_train_and_evaluate_uneven_batches_like_one_device(tmp_path):
     """3 logical CPUs (a subprocess: this process has 2): training's final evaluation on 127
     examples (43 + 42 + 42) finishes, and `--mode=eval` on its export gives one device's masks."""

@@ -25,10 +25,17 @@ TINY = {
 }
 
 
-def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "seeds",
+    [
+        pytest.param((0,), id="one_seed"),
+        pytest.param((0, 1), id="two_seeds", marks=pytest.mark.slow),
+    ],
+)
+def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch, seeds):
     monkeypatch.chdir(ROOT)  # flagfiles nest by paths relative to the repository root
     what, method, overrides = repro_suites.ABLATIONS["gd_no_ema"]
-    plan = [(m, m, seed, {}) for m in ("pgd_at", "generalist_d") for seed in (0, 1)]
+    plan = [(m, m, seed, {}) for m in ("pgd_at", "generalist_d") for seed in seeds]
     plan.append(("gd_no_ema", method, 0, overrides))
     # Two runs at a time, each its own process, as `--jobs=2` does.
     finished = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra=TINY, done={}, jobs=2)
@@ -36,7 +43,7 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     with open(tmp_path / "runs.json") as f:
         assert [(e["label"], e["seed"]) for e in json.load(f)] == [(p[0], p[2]) for p in plan]
     assert all(r.ended >= r.seconds > 0 for r in finished)
-    runs, ablation = finished[:4], finished[4]
+    runs, ablation = finished[:-1], finished[-1]
     for run in runs + [ablation]:
         assert 0.0 <= run.metrics["union"] <= run.metrics["worst_linf"] <= run.metrics["clean"]
         assert 0.0 <= run.metrics["last_pgd20"] <= run.metrics["last_clean"] <= 1.0
@@ -46,7 +53,7 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
         str(results),
         runs,
         suite="digits",
-        seeds=[0, 1],
+        seeds=list(seeds),
         wall=12.0,
         command="python -m generalist_tf.experiments.repro --test",
         ablation_runs=[ablation],
@@ -64,28 +71,29 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch):
     assert os.path.getsize(tmp_path / "tradeoff.png") > 1000
     mean, std = table["pgd_at"]["clean"]
     values = [100 * r.metrics["clean"] for r in runs if r.label == "pgd_at"]
-    assert mean == pytest.approx(sum(values) / 2) and std >= 0
+    assert mean == pytest.approx(sum(values) / len(seeds)) and std >= 0
     assert "gd_no_ema" not in table  # ablations stay out of the main table
 
     assert "every run trained by this invocation" in text and "--jobs=2" in text
     assert "## Every run" in text
     assert "`python -m generalist_tf.main --flagfile=flags/digits_pgd_at.cfg" in text
-    assert "--seed=1" in text and "--ema_decay=0" in text
+    assert f"--seed={seeds[-1]}" in text and "--ema_decay=0" in text
 
     # A second invocation reuses what runs.json records and finds on disk, and retrains the rest
     # alone (jobs=1) from scratch (restart: its checkpoints are set aside) to the same numbers:
     # with --deterministic, parallel runs do not interact.
-    os.remove(tmp_path / "generalist_d" / "seed1" / "report.json")
+    retrained = ("generalist_d", seeds[-1])
+    os.remove(tmp_path / "generalist_d" / f"seed{seeds[-1]}" / "report.json")
     done = repro_runs.reusable(str(tmp_path))
-    assert set(done) == {("pgd_at", 0), ("pgd_at", 1), ("generalist_d", 0), ("gd_no_ema", 0)}
+    assert set(done) == {(p[0], p[2]) for p in plan} - {retrained}
     assert repro_runs.read_metrics(str(tmp_path / "pgd_at" / "seed0")) == runs[0].metrics
     again = repro.run_plan(
         plan, root=str(tmp_path), suite="digits", extra=TINY, done=done, restart=True
     )
     assert [r.metrics for r in again] == [r.metrics for r in finished]
-    assert [r.ended > 0 for r in again] == [False, False, False, True, False]
-    assert "4 of the 5 runs were reused" in repro_tables.timing(
-        again[:4], again[4:], wall=30.0, jobs=1
+    assert [r.ended > 0 for r in again] == [(p[0], p[2]) == retrained for p in plan]
+    assert f"{len(plan) - 1} of the {len(plan)} runs were reused" in repro_tables.timing(
+        again[:-1], again[-1:], wall=30.0, jobs=1
     )
 
 
@@ -171,6 +179,14 @@ def prepare_mnist_from_digits(data_dir: str) -> None:
         tfds.builder("mnist", data_dir=data_dir).download_and_prepare()
 
 
+def test_mnist_suite_runs_the_digits_recipes_on_mnist_with_the_small_cnn():
+    """The command alone (fast); the slow test below trains it on a prepared MNIST."""
+    command = repro_runs.run_command("standard", 0, "mnist", {})
+    assert "--flagfile=flags/digits_standard.cfg" in command
+    assert "--dataset=mnist" in command and "--model=small_cnn" in command
+
+
+@pytest.mark.slow
 def test_mnist_suite_trains_on_a_prepared_mnist(tmp_path, monkeypatch):
     """`--suite=mnist --data_dir=DIR`: the digits recipes on tfds' MNIST with the SmallCNN."""
     monkeypatch.chdir(ROOT)
@@ -322,3 +338,17 @@ def test_fashion_mnist_flagfile_repeats_its_ledger_row(tmp_path, monkeypatch):
         ("last_pgd20", "global/pgd_accuracy"),
     ):
         assert results["test"][name] == pytest.approx(entry["metrics"][key], abs=1e-6), key
+
+
+def test_the_table_says_how_many_seeds_each_row_averages():
+    """A one-seed row shows `+- 0.00` with `1` in its seeds column: no spread was measured."""
+    runs = [
+        repro_suites.Run("pgd_at", seed, {**FAKE_METRICS, "clean": clean}, 1.0)
+        for seed, clean in ((0, 0.5), (1, 0.7))
+    ]
+    runs.append(repro_suites.Run("avg", 0, FAKE_METRICS, 1.0))
+    rows = repro_tables._rows(repro_tables.summarise(runs), repro_suites.COLUMNS)
+    assert rows[0].endswith("| seeds |")
+    pgd_at, avg = rows[2], rows[3]
+    assert pgd_at.startswith("| pgd_at | 60.00 +- 14.14 |") and pgd_at.endswith("| 2 |")
+    assert avg.startswith("| avg | 50.00 +- 0.00 |") and avg.endswith("| 1 |")

@@ -24,7 +24,7 @@ def run_attack(
     model,
     x,
     y,
-    attack: suite.Attack,
+    attack: suite.SuiteAttack,
     *,
     epsilon: float,
     batch_size: int = 256,

@@ -42,7 +42,7 @@ EPSILON_FRACTIONS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class Attack:
+class SuiteAttack:
     """One attack of the suite.
 
     `run(model, x, y, epsilon, seed)` returns adversarial images for one batch. It is called
@@ -80,12 +80,12 @@ def _pgd_attack(name, norm, num_steps, restarts, jit_compile, loss="ce", descrip
     description = description or (
         f"PGD-{num_steps} ({loss.upper()}), random start, step {STEP_FRACTION:g} x epsilon"
     )
-    return Attack(name, norm, num_steps, restarts, restarts, run, description)
+    return SuiteAttack(name, norm, num_steps, restarts, restarts, run, description)
 
 
 def attack_suite(
     *, restarts: int = 1, apgd_steps: int = 100, square_queries: int = 5000, jit_compile="auto"
-) -> dict[str, Attack]:
+) -> dict[str, SuiteAttack]:
     """The attacks of `ATTACK_NAMES` and `TRANSFER_ATTACK` with their budgets.
 
     Epsilon is given at run time. Step sizes are `STEP_FRACTION` x epsilon for PGD, CW and MIM;
@@ -109,7 +109,7 @@ def attack_suite(
         )
 
     def bound(function, **fixed):
-        """`function` as an `Attack.run`, with this suite's budgets and compile policy."""
+        """`function` as a `SuiteAttack.run`, with this suite's budgets and compile policy."""
 
         def run(model, x, y, epsilon, seed):
             return function(
@@ -128,7 +128,7 @@ def attack_suite(
         return bound(fab.fab_t, norm=norm, num_steps=apgd_steps, restarts=restarts)
 
     def apgd_t(norm):
-        return Attack(
+        return SuiteAttack(
             f"apgd_t_{norm}",
             norm,
             apgd_steps,
@@ -140,7 +140,7 @@ def attack_suite(
         )
 
     def fab_attack(norm):
-        return Attack(
+        return SuiteAttack(
             f"fab_t_{norm}",
             norm,
             apgd_steps,
@@ -154,7 +154,7 @@ def attack_suite(
 
     targets = attacks.APGD_TARGET_CLASSES
     suite = [
-        Attack("fgsm_linf", "linf", 1, 1, 1, fgsm, "FGSM, one step of epsilon from x"),
+        SuiteAttack("fgsm_linf", "linf", 1, 1, 1, fgsm, "FGSM, one step of epsilon from x"),
         _pgd_attack("pgd20_linf", "linf", 20, restarts, jit_compile),
         _pgd_attack("pgd100_linf", "linf", 100, restarts, jit_compile),
         _pgd_attack(
@@ -169,7 +169,7 @@ def attack_suite(
                 f"start, step {STEP_FRACTION:g} x epsilon"
             ),
         ),
-        Attack(
+        SuiteAttack(
             "mim_linf",
             "linf",
             MIM_STEPS,
@@ -178,7 +178,7 @@ def attack_suite(
             mim,
             f"MIM-{MIM_STEPS}, decay 1.0, step {STEP_FRACTION:g} x epsilon, from x",
         ),
-        Attack(
+        SuiteAttack(
             "apgd_ce_linf",
             "linf",
             apgd_steps,
@@ -189,7 +189,7 @@ def attack_suite(
         ),
         apgd_t("linf"),
         fab_attack("linf"),
-        Attack(
+        SuiteAttack(
             "square_linf",
             "linf",
             square_queries,
@@ -200,7 +200,7 @@ def attack_suite(
         ),
         _pgd_attack("pgd20_l2", "l2", 20, restarts, jit_compile),
         _pgd_attack("pgd100_l2", "l2", 100, restarts, jit_compile),
-        Attack(
+        SuiteAttack(
             "apgd_ce_l2",
             "l2",
             apgd_steps,
@@ -211,7 +211,7 @@ def attack_suite(
         ),
         apgd_t("l2"),
         fab_attack("l2"),
-        Attack(
+        SuiteAttack(
             "square_l2",
             "l2",
             square_queries,
@@ -237,7 +237,9 @@ def attack_suite(
     return {attack.name: attack for attack in suite}
 
 
-def selected_attacks(suite, names, *, num_classes: int, transfer: bool) -> list[tuple[str, Attack]]:
+def selected_attacks(
+    suite, names, *, num_classes: int, transfer: bool
+) -> list[tuple[str, SuiteAttack]]:
     """The attacks to run, in `ATTACK_NAMES` order, then the transfer attack if asked."""
     left_out = [name for name in TARGETED_DLR_ATTACKS if name in names and num_classes < 4]
     for name in left_out:

@@ -121,7 +121,9 @@ def bench_steps(
         variants[f"step/generalist_d{s}"] = under(with_mixing(gd, gd.schedule))
         variants[f"step/pgd_at{s}"] = under(with_mixing(at, None))
         variants[f"step/standard{s}"] = under(with_mixing(built["standard"], None))
-        variants[f"attack/pgd{s}"] = under(lambda a=attack, n=robust: a(n, x, y, jit_compile=jit))
+        variants[f"attack/pgd{s}"] = under(
+            lambda a=attack, n=robust: attacks.pgd_with(a, n, x, y, jit_compile=jit)
+        )
         if precision == "fp32":
             d = gd
             if detail:

@@ -27,6 +27,7 @@ def summarise(runs: list[Run]) -> dict[str, dict[str, tuple[float, float]]]:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             table[method][key] = (statistics.mean(values), spread)
         table[method]["best_epoch"] = statistics.mean(r.metrics["best_epoch"] for r in mine)
+        table[method]["seeds"] = len(mine)
     return table
 
 
@@ -79,13 +80,15 @@ def verdict(table, margin: float = 2.0) -> list[str]:
 
 
 def _rows(table: dict, columns, names: dict | None = None) -> list[str]:
-    rows = ["| method | " + " | ".join(title for _, title in columns) + " |"]
-    rows.append("|---|" + "---|" * len(columns))
+    """The table's rows: `mean +- std` per column, then the number of seeds (a single seed
+    shows `+- 0.00`: no spread was measured, as its `seeds` cell says)."""
+    rows = ["| method | " + " | ".join(title for _, title in columns) + " | seeds |"]
+    rows.append("|---|" + "---|" * (len(columns) + 1))
     for label, cells in table.items():
         rows.append(
             f"| {(names or {}).get(label, label)} | "
             + " | ".join(f"{m:.2f} +- {s:.2f}" for m, s in (cells[k] for k, _ in columns))
-            + " |"
+            + f" | {cells['seeds']} |"
         )
     return rows
 
