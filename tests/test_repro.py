@@ -270,6 +270,28 @@ def test_ledger_carries_finished_runs_to_the_next_session(tmp_path, monkeypatch)
     assert len(trained) == 3
 
 
+def test_a_run_reused_from_disk_keeps_the_commit_that_finished_it(tmp_path, monkeypatch):
+    """A later invocation (another commit) that reuses a finished run from `runs.json` records
+    the commit of the tree that trained it, in its result and in the ledger."""
+    monkeypatch.chdir(ROOT)
+    path = str(tmp_path / "RESULTS_test.json")
+    plan = [("pgd_at", "pgd_at", 0, {})]
+
+    def fake_run_one(method, seed, *, root, suite, extra, label=None, restart=False):
+        return repro_suites.Run(label or method, seed, FAKE_METRICS, 7.0, command="cmd")
+
+    monkeypatch.setattr(repro, "run_one", fake_run_one)
+    monkeypatch.setattr(repro, "read_metrics", lambda workdir: FAKE_METRICS)
+    args = dict(root=str(tmp_path), suite="fashion_mnist", extra={})
+    monkeypatch.setattr(ledger, "commit", lambda: "a" * 40)
+    # Trains and records runs.json (and another ledger, as the background queue's invocation).
+    repro.run_plan(plan, done={}, ledger_path=str(tmp_path / "first.json"), **args)
+    monkeypatch.setattr(ledger, "commit", lambda: "b" * 40)
+    (run,) = repro.run_plan(plan, done={("pgd_at", 0): 7.0}, ledger_path=path, train=False, **args)
+    assert run.commit == "a" * 40
+    assert ledger.read(path)[0]["commit"] == "a" * 40
+
+
 def test_a_workdir_that_ran_other_flags_is_retrained_from_scratch(tmp_path, monkeypatch):
     """A finished workdir whose recorded flags.cfg differs from what the command now resolves to
     (an edited flagfile) is neither reused nor resumed: it is retrained with --restart."""

@@ -27,6 +27,7 @@ from absl import app, flags, logging
 from generalist_tf.experiments.repro_runs import (
     command,
     read_metrics,
+    recorded_commits,
     reusable,
     run_command,
     run_dir,
@@ -72,6 +73,8 @@ def run_plan(
     entries = ledger.read(ledger_path) if ledger_path and not restart else []
     defaults = ledger.defaults()
     tree = ledger.commit() if ledger_path else ""
+    # A run reused from disk keeps the commit that finished it, not this invocation's.
+    finished_by = recorded_commits(root)
     from_ledger = set()
     # Entries whose workdir holds another experiment (flags changed since): retrained from scratch.
     stale = set()
@@ -95,7 +98,7 @@ def run_plan(
                 metrics,
                 done[(label, seed)],
                 command=run_command(method, seed, suite, extras[i]),
-                commit=tree,
+                commit=finished_by.get((label, seed)) or tree,
             )
             continue
         entry = ledger.find(entries, label, seed)  # entries is [] without a ledger

@@ -111,6 +111,19 @@ def read_metrics(workdir: str) -> dict:
     }
 
 
+def recorded_commits(root: str) -> dict[tuple[str, int], str]:
+    """(label, seed) -> the commit that finished each run `runs.json` under `root` records."""
+    path = os.path.join(root, "runs.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        entries = json.load(f)
+    return {
+        (entry.get("label", entry.get("method")), entry["seed"]): entry.get("commit", "")
+        for entry in entries
+    }
+
+
 def reusable(root: str) -> dict[tuple[str, int], float]:
     """(label, seed) -> seconds of the runs a previous invocation finished under `root`."""
     from generalist_tf.evaluation import writers
