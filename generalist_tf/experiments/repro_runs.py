@@ -111,16 +111,20 @@ def read_metrics(workdir: str) -> dict:
     }
 
 
-def recorded_commits(root: str) -> dict[tuple[str, int], str]:
-    """(label, seed) -> the commit that finished each run `runs.json` under `root` records."""
+def _recorded(root: str) -> list[dict]:
+    """The runs a previous invocation recorded in `root`/runs.json ([] if none)."""
     path = os.path.join(root, "runs.json")
     if not os.path.exists(path):
-        return {}
+        return []
     with open(path) as f:
-        entries = json.load(f)
+        return json.load(f)
+
+
+def recorded_commits(root: str) -> dict[tuple[str, int], str]:
+    """(label, seed) -> the commit that finished each run `runs.json` under `root` records."""
     return {
         (entry.get("label", entry.get("method")), entry["seed"]): entry.get("commit", "")
-        for entry in entries
+        for entry in _recorded(root)
     }
 
 
@@ -128,13 +132,8 @@ def reusable(root: str) -> dict[tuple[str, int], float]:
     """(label, seed) -> seconds of the runs a previous invocation finished under `root`."""
     from generalist_tf.evaluation import writers
 
-    path = os.path.join(root, "runs.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        entries = json.load(f)
     done = {}
-    for entry in entries:
+    for entry in _recorded(root):
         label = entry.get("label", entry.get("method"))
         workdir = run_dir(root, label, entry["seed"])
         if os.path.exists(os.path.join(workdir, writers.REPORT_JSON)):
