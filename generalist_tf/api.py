@@ -28,11 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 import generalist_tf
-from generalist_tf import init_from
+from generalist_tf import init_from, names
 from generalist_tf.algorithm import generalist, learners, optimizers, schedules
-from generalist_tf.algorithm.learners import Attack
 from generalist_tf.algorithm.schedules import Communication  # noqa: F401 (public: gtf.Communication)
 from generalist_tf.algorithm.variants import CUSTOM, VARIANTS
+from generalist_tf.attacks.budget import Attack
 
 # The public names are listed once, in the package (`generalist_tf.__all__`), which must know
 # them without importing this module (and TensorFlow).
@@ -74,7 +74,7 @@ def build_generalist(
     trades_beta: float = 6.0,
     ema_decay: float = 0.999,
     communication: schedules.Communication | None | str = "default",
-    select_metric: str = "clean_plus_pgd",
+    select_metric: str = names.CLEAN_PLUS_PGD,
     select_clean_floor: float = 0.0,
     init: str | None = None,
     seed: int = 0,

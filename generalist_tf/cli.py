@@ -10,7 +10,7 @@ import os
 
 from absl import flags
 
-from generalist_tf import config, files
+from generalist_tf import config, files, names
 
 # The repository root: flagfiles name their nested flagfiles relative to it (`flags/...`).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +164,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     string(
         "select_metric",
-        "clean_plus_pgd",
+        names.CLEAN_PLUS_PGD,
         "Validation score that selects the exported G (never the test split): clean_plus_pgd "
         "(official: clean + PGD accuracy of G), pgd, clean, or an epoch-log key like "
         "val_global/pgd_accuracy.",

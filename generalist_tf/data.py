@@ -30,6 +30,7 @@ from generalist_tf.names import (  # noqa: F401 (`data.<name>` for callers)
     TFDS_DATASETS,
     is_known_dataset,
     known_datasets,
+    unknown_dataset,
 )
 
 # Fixed seed of every split (not the run seed): the same examples are held out in every run.
@@ -131,8 +132,7 @@ def _load(name: str, data_dir: str | None, require_train: bool) -> Arrays:
         return _load_tfds(name, data_dir)
     if name.startswith(NPZ_PREFIX):
         return _load_npz(name[len(NPZ_PREFIX) :], require_train=require_train)
-    known = known_datasets()
-    raise DataError(f"--dataset={name!r} is unknown; choose one of {known}")
+    raise DataError(unknown_dataset(name))
 
 
 def _holdout(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,7 @@ import os
 import shlex
 import sys
 
-from generalist_tf import files
-from generalist_tf.algorithm import learners
+from generalist_tf import files, names
 from generalist_tf.evaluation import reporting
 
 CARD = "MODEL_CARD.md"
@@ -98,13 +97,7 @@ def render(
         else f"G after the last epoch ({config.optimisation.epochs})"
     )
     kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config.model.model_kwargs.items()))
-    trained = sorted(
-        {
-            norm
-            for task in config.algorithm.learners
-            for norm in learners.TRAINING_NORMS.get(task, ())
-        }
-    )
+    trained = names.trained_norms(config.algorithm.learners)
     lines = [
         f"# Model card: {config.model.model} on {config.data.dataset} ({config.algorithm.variant})",
         "",

@@ -51,6 +51,15 @@ def metric_key(prefix: str, metric: str, *, validation: bool = True) -> str:
     return f"{'val_' if validation else ''}{prefix}/{metric}"
 
 
+# The official selection rule (`--select_metric`): the best clean + PGD accuracy of G.
+CLEAN_PLUS_PGD = "clean_plus_pgd"
+
+
+def trained_norms(tasks) -> tuple[str, ...]:
+    """The threat models a run of these learner tasks trains against, sorted."""
+    return tuple(sorted({norm for task in tasks for norm in TRAINING_NORMS.get(task, ())}))
+
+
 def is_known_dataset(name: str) -> bool:
     """Whether `name` names a dataset `data.load` understands (npz files are not opened)."""
     return name in EMBEDDED_DATASETS or name in TFDS_DATASETS or name.startswith(NPZ_PREFIX)
@@ -59,6 +68,11 @@ def is_known_dataset(name: str) -> bool:
 def known_datasets() -> str:
     """The dataset names for an error message."""
     return ", ".join(list(EMBEDDED_DATASETS) + list(TFDS_DATASETS) + ["npz:PATH"])
+
+
+def unknown_dataset(name: str) -> str:
+    """The one-line message for a `--dataset` that names no dataset."""
+    return f"--dataset={name!r} is unknown; choose one of {known_datasets()}"
 
 
 def is_user_model(name: str) -> bool:

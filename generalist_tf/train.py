@@ -22,6 +22,7 @@ from generalist_tf import (
     files,
     model_card,
     models,
+    names,
     precision,
     timing,
 )
@@ -106,7 +107,7 @@ def selection_rule(config: Config) -> str:
     """The selection rule in words, as results.json and the table state it."""
     what = (
         "best clean + PGD accuracy of G"
-        if config.evaluation.select_metric == "clean_plus_pgd"
+        if config.evaluation.select_metric == names.CLEAN_PLUS_PGD
         else f"best {config.evaluation.select_metric}"
     )
     if config.evaluation.select_clean_floor > 0:

@@ -97,7 +97,7 @@ def selection_score(logs: dict, rule: str, clean_floor: float = 0.0) -> float | 
     """
     if CLEAN_KEY not in logs and rule not in logs:
         return None
-    if rule == "clean_plus_pgd":
+    if rule == names.CLEAN_PLUS_PGD:
         value = float(logs[CLEAN_KEY]) + float(logs[PGD_KEY])
     else:
         value = float(logs[rule])
@@ -125,7 +125,7 @@ class BestGlobalCallback(keras.callbacks.Callback):
         logs = logs or {}
         if not any(key.startswith("val_") for key in logs):
             return  # not a validated epoch
-        if self.rule != "clean_plus_pgd" and self.rule not in logs:
+        if self.rule != names.CLEAN_PLUS_PGD and self.rule not in logs:
             raise ValueError(
                 f"--select_metric: {self.rule!r} is not in the epoch logs; available: {sorted(logs)}"
             )

@@ -107,7 +107,7 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         mixing,
         communication,
         epochs: int,
-        select_metric: str = "clean_plus_pgd",
+        select_metric: str = names.CLEAN_PLUS_PGD,
         select_clean_floor: float = 0.0,
     ) -> None:
         """What `fit` needs to attach the algorithm's callbacks (`api.build_generalist` calls it).

@@ -306,4 +306,3 @@ LEARNERS: dict[str, type[BaseLearner]] = {
 assert set(LEARNERS) == set(names.TRAINING_NORMS), (
     "learners.LEARNERS and names.TRAINING_NORMS differ"
 )
-TRAINING_NORMS = names.TRAINING_NORMS

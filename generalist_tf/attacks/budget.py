@@ -1,8 +1,9 @@
 """The one check of an attack budget: every attack validates its arguments here, before tracing.
 
-Pure Python (no TensorFlow): the configuration checks flag values with the same functions, so a
-bad `--eval_epsilon` and a bad `epsilon=` argument get the same one-line message. Values that are
-tensors (an attack called from inside a traced function) are not inspected.
+Pure Python (no TensorFlow), so the configuration can build its `Attack` budgets (which check
+themselves here) without starting TensorFlow; the flags get their own `--flag` messages first
+(`config/checks.py`). Values that are tensors (an attack called from inside a traced function)
+are not inspected.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from generalist_tf import names
 from generalist_tf.algorithm import schedules
 from generalist_tf.attacks import budget
 
@@ -38,8 +37,3 @@ def attack_budget(
     )
     require(num_steps >= 1, f"--{steps_flag} must be >= 1, got {num_steps}")
     return budget.Attack(norm, epsilon, step_size, num_steps)
-
-
-def unknown_dataset(name: str) -> str:
-    known = names.known_datasets()
-    return f"--dataset={name!r} is unknown; choose one of {known}"

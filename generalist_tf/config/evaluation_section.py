@@ -129,7 +129,7 @@ class Evaluation:
 
 
 # Named selection rules (`--select_metric`); anything else must be an epoch-log key.
-CLEAN_PLUS_PGD = "clean_plus_pgd"
+CLEAN_PLUS_PGD = names.CLEAN_PLUS_PGD
 SELECT_RULES = {
     CLEAN_PLUS_PGD: CLEAN_PLUS_PGD,
     "pgd": names.metric_key(names.GLOBAL, "pgd_accuracy"),

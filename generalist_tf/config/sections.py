@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from generalist_tf import names, tf_config
 from generalist_tf.algorithm import schedules, variants
 from generalist_tf.attacks import budget
-from generalist_tf.config.checks import attack_budget, fraction, require, unknown_dataset
+from generalist_tf.config.checks import attack_budget, fraction, require
 
 MODES = ("train", "eval")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -90,7 +90,7 @@ class Data:
 
     @classmethod
     def from_flags(cls, v: Mapping[str, Any]) -> Data:
-        require(names.is_known_dataset(v["dataset"]), unknown_dataset(v["dataset"]))
+        require(names.is_known_dataset(v["dataset"]), names.unknown_dataset(v["dataset"]))
         require(
             v["train_examples"] >= 0,
             f"--train_examples must be >= 0 (0: all), got {v['train_examples']}",

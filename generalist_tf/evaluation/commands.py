@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from generalist_tf import distribute
+from generalist_tf import distribute, names
 from generalist_tf.evaluation import runner, writers
 
 
@@ -36,7 +36,6 @@ def run_on_export(config, path: str, workdir: str, strategy=None, arrays=None) -
     caller already holds (training hands over its own); None loads `config.data.dataset`.
     """
     from generalist_tf import data, export
-    from generalist_tf.algorithm import learners
 
     strategy = distribute.eval_strategy(strategy)
     with contextlib.nullcontext() if strategy is None else strategy.scope():
@@ -52,9 +51,7 @@ def run_on_export(config, path: str, workdir: str, strategy=None, arrays=None) -
     )
     if surrogate is not None:
         export.check_fits(surrogate, x, y, flag="--surrogate", dataset=config.data.dataset)
-    trained = {
-        norm for task in config.algorithm.learners for norm in learners.TRAINING_NORMS.get(task, ())
-    }
+    trained = names.trained_norms(config.algorithm.learners)
     budgets = {"linf": config.attacks.linf_attack, "l2": config.attacks.l2_attack}
     report = runner.evaluate_model(
         model,
@@ -62,7 +59,7 @@ def run_on_export(config, path: str, workdir: str, strategy=None, arrays=None) -
         y,
         workdir=workdir,
         population=population,
-        training_epsilons={norm: budgets[norm].epsilon for norm in sorted(trained)},
+        training_epsilons={norm: budgets[norm].epsilon for norm in trained},
         epsilon_linf=config.evaluation.eval_attack.epsilon,
         epsilon_l2=config.evaluation.eval_epsilon_l2,
         batch_size=config.evaluation.eval_batch_size,
