@@ -23,15 +23,7 @@ from generalist_tf.data_files import (  # noqa: F401 (`data.<name>` for callers)
     idx_directory,
     read_idx,
 )
-from generalist_tf.names import (  # noqa: F401 (`data.<name>` for callers)
-    AUGMENTATIONS,
-    EMBEDDED_DATASETS,
-    NPZ_PREFIX,
-    TFDS_DATASETS,
-    is_known_dataset,
-    known_datasets,
-    unknown_dataset,
-)
+from generalist_tf.names import NPZ_PREFIX, TFDS_DATASETS, unknown_dataset
 
 # Fixed seed of every split (not the run seed): the same examples are held out in every run.
 _SPLIT_SEED = 20230323

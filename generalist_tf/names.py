@@ -21,7 +21,6 @@ TFDS_DATASETS = {
 }
 EMBEDDED_DATASETS = ("digits",)
 NPZ_PREFIX = "npz:"
-AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 # The architectures of `models.MODELS`, and BatchNorm's moving-variance conventions.
 MODELS = ("resnet18", "preact_resnet18", "wide_resnet", "small_cnn", "digits_cnn")
@@ -67,7 +66,7 @@ def is_known_dataset(name: str) -> bool:
 
 def known_datasets() -> str:
     """The dataset names for an error message."""
-    return ", ".join(list(EMBEDDED_DATASETS) + list(TFDS_DATASETS) + ["npz:PATH"])
+    return ", ".join(list(EMBEDDED_DATASETS) + list(TFDS_DATASETS) + [f"{NPZ_PREFIX}PATH"])
 
 
 def unknown_dataset(name: str) -> str:
