@@ -227,9 +227,7 @@ def apgd(
             f"loss={loss!r} needs at least {needed} classes, got {num_classes}; use loss='ce'"
         )
     if loss == "dlr_targeted":
-        # The most likely wrong classes at x, most likely first (the true class masked out).
-        wrong = tf.where(tf.one_hot(y, num_classes) > 0, float("-inf"), clean_logits)
-        targets = tf.math.top_k(wrong, k=min(target_classes, num_classes - 1)).indices
+        targets = losses.likely_wrong_classes(clean_logits, y, target_classes)
         runs = [targets[:, t] for t in range(targets.shape[-1])]
     else:
         runs = [tf.zeros_like(y)]  # Unused by untargeted losses.

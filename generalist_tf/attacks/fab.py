@@ -212,9 +212,7 @@ def minimal_adversarial(
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(tf.convert_to_tensor(y), tf.int32)
     logits = tf.cast(model(x, training=False), tf.float32)
-    num_classes = int(logits.shape[-1])
-    wrong = tf.where(tf.one_hot(y, num_classes) > 0, float("-inf"), logits)
-    targets = tf.math.top_k(wrong, k=min(target_classes, num_classes - 1)).indices
+    targets = losses.likely_wrong_classes(logits, y, target_classes)
     best, best_distance = x, tf.fill(tf.shape(y), float("inf"))
     for t in range(targets.shape[-1]):
         for restart in range(restarts):

@@ -36,6 +36,14 @@ def fooled(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))
 
 
+def likely_wrong_classes(logits: tf.Tensor, y: tf.Tensor, k: int) -> tf.Tensor:
+    """(B, min(k, K - 1)) the most likely wrong classes per example, most likely first: the
+    targets of APGD-T and FAB-T (the true class masked out with -inf)."""
+    num_classes = int(logits.shape[-1])
+    wrong = tf.where(tf.one_hot(y, num_classes) > 0, float("-inf"), logits)
+    return tf.math.top_k(wrong, k=min(k, num_classes - 1)).indices
+
+
 def attack_loss(logits: tf.Tensor, y: tf.Tensor, loss: str) -> tf.Tensor:
     """Per-example loss the attacker maximises: cross-entropy or the CW margin (kappa 50)."""
     logits = tf.cast(logits, tf.float32)
