@@ -12,17 +12,13 @@ import pytest
 import tensorflow as tf
 
 from generalist_tf import data, train
-from tests.helpers_train import config_from
+from tests.helpers_train import config_from, two_replica_strategy
 
 UNEVEN = 127  # one partial batch: 64 + 63 examples on two replicas
 
 
-def two_replicas():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 def test_upstream_keras_still_merges_the_first_batch_with_an_elementwise_mean():
-    with two_replicas().scope():
+    with two_replica_strategy().scope():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x = np.zeros((UNEVEN, 4), np.float32)
@@ -40,7 +36,7 @@ def test_upstream_keras_still_merges_the_first_batch_with_an_elementwise_mean():
 
 def test_upstream_keras_n_step_loop_still_fails_on_two_replicas():
     """keras-team/keras#19246, worked around by `compat.KerasLoopFixes.make_train_function`."""
-    with two_replicas().scope():
+    with two_replica_strategy().scope():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
         model.compile(
             loss="sparse_categorical_crossentropy", optimizer="sgd", steps_per_execution=2
@@ -77,7 +73,7 @@ def test_uneven_evaluation_batches_give_the_one_device_numbers():
         arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
     )
     one.fit(stream, epochs=1, steps_per_epoch=4, verbose=0)  # away from chance
-    two = build(two_replicas(), cfg, arrays)
+    two = build(two_replica_strategy(), cfg, arrays)
     two.set_weights(one.get_weights())
     for batch_size in (256, 50):  # one partial batch; full batches then 27 = 14 + 13
         ds = data.eval_dataset(arrays.x_val, arrays.y_val, batch_size=batch_size)
