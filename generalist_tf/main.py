@@ -185,10 +185,10 @@ def _strategy(config):
     """The training strategy (None for evaluation), checked before the workdir is accepted."""
     if config.runtime.mode != "train":
         return None
-    from generalist_tf import train
+    from generalist_tf import experiment
 
     try:
-        return train.make_strategy(config)
+        return experiment.make_strategy(config)
     except ValueError as e:
         _fail(str(e))
 

@@ -1,7 +1,8 @@
 """Generalist training as a library call: `train(config) -> results`.
 
-Builds the strategy, data, learners and global model; runs `fit` with the mixing callback,
-checkpoints and TensorBoard; evaluates on the test split; exports G; writes `results.json`.
+Builds the run with `experiment.build_experiment` (strategy, data, learners and global model,
+checkpoints, TensorBoard); runs `fit`, whose own callback does the mixing; evaluates on the test
+split; exports G; writes `results.json`.
 """
 
 from __future__ import annotations
@@ -9,19 +10,14 @@ from __future__ import annotations
 import os
 import time
 
-import keras
-import numpy as np
 from absl import logging
 
 from generalist_tf import (
-    api,
-    checkpoints,
-    data,
     distribute,
+    experiment,
     export,
     files,
     model_card,
-    models,
     names,
     precision,
     timing,
@@ -33,60 +29,7 @@ from generalist_tf.config import Config
 RESULTS = "results.json"
 EXPORT_BEST = "export"
 EXPORT_LAST = "export_last"
-TENSORBOARD = "tensorboard"
-
-
-def network_builder(config: Config, arrays: data.Arrays):
-    """A function that builds a fresh network of the run's architecture."""
-    mean = std = None
-    if config.model.normalize:
-        x = arrays.x_train.astype(np.float32) / (255.0 if arrays.x_train.dtype == np.uint8 else 1.0)
-        mean = x.mean(axis=(0, 1, 2)).tolist()
-        std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3).tolist()
-
-    def build():
-        return models.build(
-            config.model.model,
-            arrays.image_shape,
-            arrays.num_classes,
-            mean=mean,
-            std=std,
-            bn_moving_variance=config.model.bn_moving_variance,
-            **config.model.model_kwargs,
-        )
-
-    return build
-
-
-def build_generalist(config: Config, build_network, steps_per_epoch: int) -> generalist.Generalist:
-    """The run's Generalist through the public API (`api.build_generalist`: one code path for
-    the command line and Python users); call inside `strategy.scope()`."""
-    model = api.build_generalist(
-        build_network,
-        epochs=config.optimisation.epochs,
-        steps_per_epoch=steps_per_epoch,
-        variant=config.algorithm.variant,
-        tasks=config.algorithm.learners if config.algorithm.variant == "custom" else None,
-        mixing=config.algorithm.mixing,
-        linf_attack=config.attacks.linf_attack,
-        l2_attack=config.attacks.l2_attack,
-        eval_attack=config.evaluation.eval_attack,
-        learning_rate=config.optimisation.learning_rate,
-        momentum=config.optimisation.momentum,
-        natural_weight_decay=config.optimisation.natural_weight_decay,
-        robust_weight_decay=config.optimisation.robust_weight_decay,
-        trades_beta=config.algorithm.trades_beta,
-        ema_decay=config.algorithm.ema_decay,
-        communication=config.algorithm.communication,
-        select_metric=config.evaluation.select_metric,
-        select_clean_floor=config.evaluation.select_clean_floor,
-        init=config.model.init_from,
-        seed=config.runtime.seed,
-        jit_compile=config.runtime.jit_compile,
-        clean_accuracy=config.evaluation.train_clean_accuracy,
-    )
-    model.compile(steps_per_execution=config.runtime.steps_per_execution)
-    return model
+TENSORBOARD = experiment.TENSORBOARD
 
 
 def _format_table(test: dict, config: Config, best_epoch: int) -> str:
@@ -136,27 +79,6 @@ def _labels(model: generalist.Generalist, best_epoch: int, emas: bool) -> dict[s
     return labels
 
 
-def make_strategy(config: Config):
-    """The run's strategy, with the batch checked against its replica count.
-
-    `main` calls it before the workdir is accepted, so a bad `--tpu`, `TF_CONFIG` or batch
-    split is refused before any file of the run is written.
-
-    Raises:
-      ValueError: the TPU cannot be reached, or `--batch_size` does not split over the replicas.
-    """
-    strategy = distribute.make_strategy(
-        num_cpu_replicas=config.runtime.num_cpu_replicas, tpu=config.runtime.tpu
-    )
-    replicas = strategy.num_replicas_in_sync
-    if config.optimisation.batch_size % replicas:
-        raise ValueError(
-            f"--batch_size={config.optimisation.batch_size} does not split evenly over the {replicas} replicas "
-            f"(--num_cpu_replicas or the local GPUs); use a multiple of {replicas}"
-        )
-    return strategy
-
-
 def train(config: Config, strategy=None) -> dict:
     """Trains, evaluates and exports one run under the `--precision` dtype policy.
 
@@ -172,64 +94,19 @@ def train(config: Config, strategy=None) -> dict:
     """
     try:
         with precision.dtype_policy(distribute.resolve_precision(config.runtime.precision)):
-            return _train(config, strategy or make_strategy(config))
+            return _train(config, strategy or experiment.make_strategy(config))
     finally:
         timing.RUN = timing.Phases()  # the next run of this process times itself alone
 
 
-def _check_steps_per_execution(config: Config, steps_per_epoch: int, offset: int) -> None:
-    """Every `fit` must run whole executions (`Generalist.make_train_function`).
-
-    Raises:
-      ValueError: the epoch, or the rest of a resumed epoch, is not a multiple of N.
-    """
-    n = config.runtime.steps_per_execution
-    if steps_per_epoch % n:
-        raise ValueError(
-            f"--steps_per_execution={n} must divide the {steps_per_epoch} steps of an epoch "
-            f"(training examples // --batch_size={config.optimisation.batch_size})"
-        )
-    if offset % n:
-        raise ValueError(
-            f"--steps_per_execution={n}: the checkpoint in {config.runtime.workdir} stopped {offset} "
-            "steps into an epoch; resume with the steps_per_execution it was written with"
-        )
-
-
 def _train(config: Config, strategy) -> dict:
-    chief = distribute.is_chief(strategy)
     logging.info(
         "strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync
     )
     phases = timing.RUN
-    with phases.phase("data"):
-        arrays = data.load(
-            config.data.dataset,
-            data_dir=config.data.data_dir,
-            train_examples=config.data.train_examples,
-        )
-    steps_per_epoch = (
-        config.optimisation.steps_per_epoch or len(arrays.x_train) // config.optimisation.batch_size
-    )
-    if len(arrays.x_train) < config.optimisation.batch_size:
-        raise ValueError(
-            f"--batch_size={config.optimisation.batch_size} exceeds the {len(arrays.x_train)} training examples"
-        )
-    _check_steps_per_execution(config, steps_per_epoch, 0)
-    build_network = network_builder(config, arrays)
-    with phases.phase("build and restore"):
-        with strategy.scope():
-            model = build_generalist(config, build_network, steps_per_epoch)
-        manager = checkpoints.Manager(
-            config.runtime.workdir,
-            model,
-            strategy=strategy,
-            keep=config.runtime.keep_checkpoints,
-            every_steps=config.runtime.checkpoint_every_steps,
-            restart=config.runtime.restart,
-            chief=chief,
-        )
-        start_step = manager.restore_or_initialize()
+    exp = experiment.build_experiment(config, strategy)
+    model, steps_per_epoch, arrays = exp.model, exp.steps_per_epoch, exp.arrays
+    chief = exp.chief
     if config.runtime.restart and chief:
         for name in (EXPORT_BEST, EXPORT_LAST):
             if os.path.isdir(os.path.join(config.runtime.workdir, name)):
@@ -238,37 +115,13 @@ def _train(config: Config, strategy) -> dict:
                     config.runtime.workdir,
                     name,
                 )
-    # Sharded by DATA: under MultiWorkerMirroredStrategy the workers split every global batch.
-    # A fixed subset (not the run seed): every run validates on the same examples.
-    val = distribute.shard_by_data(
-        data.eval_dataset(
-            arrays.x_val,
-            arrays.y_val,
-            batch_size=config.evaluation.eval_batch_size,
-            num_examples=config.evaluation.val_examples,
-        )
-    )
-    model.set_evaluated(best=False, emas=config.evaluation.val_emas)
-    # `fit` runs the algorithm's callbacks (mixing, best-G choice, NaN guard) first, so an
-    # epoch-end checkpoint includes the best G.
+    val = exp.validation_data()
     fit_timer = fit_timer_lib.FitTimer(phases)
-    fit_callbacks = [manager.callback(start_step), fit_timer]
-    if chief:
-        fit_callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(config.runtime.workdir, TENSORBOARD))
-        )
+    fit_callbacks = exp.callbacks(fit_timer)
 
     def fit(first_step: int, epochs: int, initial_epoch: int, steps: int) -> None:
-        stream = distribute.shard_by_data(
-            data.train_dataset(
-                arrays,
-                batch_size=config.optimisation.batch_size,
-                seed=config.runtime.seed,
-                start_step=first_step,
-            )
-        )
         model.fit(
-            stream,
+            exp.train_data(first_step),
             epochs=epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps,
@@ -278,8 +131,8 @@ def _train(config: Config, strategy) -> dict:
             verbose=config.runtime.verbose,
         )
 
+    start_step = exp.start_step
     epoch, offset = divmod(start_step, steps_per_epoch)
-    _check_steps_per_execution(config, steps_per_epoch, offset)
     fit_start = time.perf_counter()
     if offset and epoch < config.optimisation.epochs:
         # Resumed inside an epoch: finish it (its remaining steps, then validation and the
@@ -289,19 +142,12 @@ def _train(config: Config, strategy) -> dict:
     if epoch < config.optimisation.epochs:
         fit(epoch * steps_per_epoch, config.optimisation.epochs, epoch, steps_per_epoch)
     fit_timer.record(fit_start)
-    manager.cleanup()
+    exp.manager.cleanup()
     best_epoch = int(model.best_epoch.numpy())
 
     # Final evaluation on the test split: the exported (best) G, the last G, each learner's EMA.
     model.set_evaluated(best=True, emas=config.evaluation.val_emas)
-    test_data = distribute.shard_by_data(
-        data.eval_dataset(
-            arrays.x_test,
-            arrays.y_test,
-            batch_size=config.evaluation.eval_batch_size,
-            num_examples=config.evaluation.table_examples,
-        )
-    )
+    test_data = exp.test_data()
     # In float32 whatever the training precision (the numbers are measurements, `precision`).
     with (
         phases.phase("final table"),
@@ -359,11 +205,13 @@ def _train(config: Config, strategy) -> dict:
     if chief:
         with phases.phase("export"):
             export.export_saved_model(
-                model.best_network, build_network, os.path.join(config.runtime.workdir, EXPORT_BEST)
+                model.best_network,
+                exp.build_network,
+                os.path.join(config.runtime.workdir, EXPORT_BEST),
             )
             export.export_saved_model(
                 model.global_network,
-                build_network,
+                exp.build_network,
                 os.path.join(config.runtime.workdir, EXPORT_LAST),
             )
             write_card(EXPORT_BEST)

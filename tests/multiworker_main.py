@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from generalist_tf import main, train
+from generalist_tf import experiment, main, train
 
 DUMP_ENV = "GENERALIST_TF_TEST_DUMP"
 
@@ -24,12 +24,12 @@ def _dump(model, path: str) -> None:
 
 
 def _install_dump(path: str) -> None:
-    """Wraps `train.build_generalist` (to keep the model) and `train.train` (to dump it)."""
+    """Wraps `experiment.build_model` (to keep the model) and `train.train` (to dump it)."""
     built = []
-    build_generalist, train_fn = train.build_generalist, train.train
+    build_model, train_fn = experiment.build_model, train.train
 
-    def keeping_build_generalist(*args, **kwargs):
-        built.append(build_generalist(*args, **kwargs))
+    def keeping_build_model(*args, **kwargs):
+        built.append(build_model(*args, **kwargs))
         return built[-1]
 
     def dumping_train(config, strategy=None):
@@ -37,7 +37,7 @@ def _install_dump(path: str) -> None:
         _dump(built[-1], path)
         return results
 
-    train.build_generalist = keeping_build_generalist
+    experiment.build_model = keeping_build_model
     train.train = dumping_train
 
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from generalist_tf import checkpoints, train
+from generalist_tf import checkpoints, experiment
 from tests.helpers_train import config_from, run_main
 
 CONFIG_CASES = [
@@ -242,11 +242,11 @@ def test_a_checkpoint_of_another_model_is_refused_whole_and_the_records_kept(
 
 def test_steps_per_execution_must_divide_every_fit():
     cfg = config_from("smoke.cfg", steps_per_execution=2, workdir="/tmp/w")
-    train._check_steps_per_execution(cfg, 20, 4)  # whole executions: accepted
+    experiment.check_whole_executions(cfg, 20, offset=4)  # whole executions: accepted
     with pytest.raises(ValueError, match=r"--steps_per_execution=2 must divide the 19 steps"):
-        train._check_steps_per_execution(cfg, 19, 0)
+        experiment.check_whole_executions(cfg, 19, offset=0)
     with pytest.raises(ValueError, match=r"stopped 3 steps into an epoch"):
-        train._check_steps_per_execution(cfg, 20, 3)
+        experiment.check_whole_executions(cfg, 20, offset=3)
 
 
 def eval_npz(tmp_path, shape, max_label):

@@ -271,6 +271,37 @@ def test_every_library_lists_what_its_modules_import(targets, owners):
     assert not problems, "\n".join(problems)
 
 
+def surplus_deps(target: str, rule: Rule, owners: dict) -> list[str]:
+    """The deps of a library that name a library of this repository none of its sources
+    imports (packages' `__init__` excepted: importing a submodule loads them). A package's
+    own rule is not checked: its lazy `__getattr__` loads its submodules on first use."""
+    imported = set()
+    for src in rule.attrs["srcs"]:
+        if not src.startswith(":"):  # a generated file (pytest's `:__test__` main)
+            imported |= {f"{module}.py" for module in imports_of(src)[0]}
+    used = {owners.get(path) for path in imported}
+    packages = {name for path, name in owners.items() if path.endswith("__init__.py")}
+    return [
+        f":{target} lists {dep} but imports nothing of it: drop {dep}"
+        for dep in rule.attrs.get("deps", [])
+        if isinstance(dep, str) and dep[1:] not in used and dep[1:] not in packages
+    ]
+
+
+def test_no_library_lists_a_library_it_does_not_import(targets, owners):
+    problems = [
+        problem
+        for name, rule in targets.items()
+        if rule.kind == "py_library"
+        and all(
+            src.startswith(f"{PACKAGE}/") and not src.endswith("__init__.py")
+            for src in rule.attrs["srcs"]
+        )
+        for problem in surplus_deps(name, rule, owners)
+    ]
+    assert not problems, "\n".join(problems)
+
+
 def test_main_binary_ships_the_flagfiles(targets, owners):
     main = targets.get("main")
     assert main is not None and main.kind == "py_binary", "BUILD needs py_binary(name = 'main')"
@@ -297,6 +328,15 @@ def test_every_test_file_has_a_py_test(targets, owners):
         rule = targets[name]
         assert name == os.path.basename(path)[: -len(".py")], f"{path} is tested by :{name}"
         problems = missing_deps(name, rule, [path], owners)
+        with open(os.path.join(ROOT, path)) as f:
+            text = f.read()
+        problems += [
+            problem
+            for problem in surplus_deps(name, rule, owners)
+            # pytest's own files, and scripts the test runs as `python -m tests.<name>`
+            if not any(f"drop :{n}" in problem for n in ("__test__", "conftest"))
+            and f"tests.{problem.rsplit(':', 1)[1]}" not in text
+        ]
         assert not problems, "\n".join(problems)
         assert f":{conftest}" in rule.attrs["deps"], f":{name} must depend on :{conftest}"
         if "manual" in rule.attrs.get("tags", []):
@@ -318,7 +358,7 @@ LAYERS = (
     (
         "application",
         ("evaluation/commands", "api", "checkpoints", "cli", "config/", "export")
-        + ("init_from", "main", "model_card", "train", "workdir"),
+        + ("experiment", "init_from", "main", "model_card", "train", "workdir"),
     ),
     ("experiments", ("experiments/",)),
 )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import data, train
+from generalist_tf import data, experiment
 from tests.helpers_train import config_from, two_replica_strategy
 
 UNEVEN = 127  # one partial batch: 64 + 63 examples on two replicas
@@ -56,8 +56,8 @@ def test_upstream_keras_n_step_loop_still_fails_on_two_replicas():
 
 
 def build(strategy, cfg, arrays):
-    with strategy.scope():
-        return train.build_generalist(cfg, train.network_builder(cfg, arrays), 4)
+    cfg = cfg.replace(steps_per_epoch=4)
+    return experiment.build_experiment(cfg, strategy, arrays=arrays, checkpointing=False).model
 
 
 def test_uneven_evaluation_batches_give_the_one_device_numbers():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import data, train
+from generalist_tf import data, experiment
 from generalist_tf.algorithm import callbacks, mixing
 from tests.helpers_train import config_from
 
@@ -38,6 +38,7 @@ def run(
         communication_period=1,
         steps_per_execution=steps_per_execution,
         workdir="/tmp/unused",
+        steps_per_epoch=STEPS,
     )
     # Deterministic attacks, so both runs see the same adversarial examples.
     cfg = cfg.replace(
@@ -46,9 +47,7 @@ def run(
     )
     arrays = data.load("digits")
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_replicas)])
-    build = train.network_builder(cfg, arrays)
-    with strategy.scope():
-        model = train.build_generalist(cfg, build, STEPS)
+    model = experiment.build_experiment(cfg, strategy, arrays=arrays, checkpointing=False).model
     stream = data.train_dataset(
         arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
     )

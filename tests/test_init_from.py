@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import export, init_from, models, train
+from generalist_tf import data, experiment, export, init_from, models
 from generalist_tf.algorithm import mixing
 from tests.helpers_train import config_from
 
@@ -36,8 +36,10 @@ def assert_starts_at(model, source):
 
 def build_from(init, tmp_path):
     cfg = config_from("smoke.cfg", workdir=str(tmp_path), init_from=init)
-    arrays = train.data.load("digits")
-    return train.build_generalist(cfg, train.network_builder(cfg, arrays), steps_per_epoch=19)
+    exp = experiment.build_experiment(
+        cfg, tf.distribute.get_strategy(), arrays=data.load("digits"), checkpointing=False
+    )
+    return exp.model
 
 
 @pytest.mark.parametrize("kind", ["keras_file", "export_dir", "checkpoint"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import checkpoints, data, train
+from generalist_tf import checkpoints, data, experiment
 from generalist_tf.algorithm import mixing
 from tests.helpers_train import ROOT, config_from
 
@@ -103,7 +103,7 @@ def build(tmp_path, seed):
     cfg = config_from("smoke.cfg", workdir=str(tmp_path), seed=seed, variant="generalist_t")
     arrays = data.load("digits")
     strategy = tf.distribute.get_strategy()
-    model = train.build_generalist(cfg, train.network_builder(cfg, arrays), 19)
+    model = experiment.build_experiment(cfg, strategy, arrays=arrays, checkpointing=False).model
     return cfg, arrays, strategy, model
 
 

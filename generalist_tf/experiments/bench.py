@@ -12,7 +12,7 @@ Expected time on the 2-core CPU of this project, shared with other jobs (load av
 What is timed, on the digits CNN (batch 128) and on the CIFAR ResNet-18 (random 32x32x3 images,
 small batch): one PGD-10 l_inf call (ours under each compile policy, cleverhans as shipped and
 in `tf.function`); one compiled distributed train step of Generalist-D and of PGD-AT built by
-`train.build_generalist` from the same flagfile (Generalist-D with steps 2-4 of Alg. 1, the EMAs,
+`experiment.build_model` from the same flagfile (Generalist-D with steps 2-4 of Alg. 1, the EMAs,
 G and the redistribution, on as in `fit`); those steps alone (`Generalist.mix`); on digits a real
 `model.fit` epoch against the input pipeline alone, and the Generalist-D step on 1 vs 2 replicas.
 
@@ -44,7 +44,7 @@ from absl import app, flags  # noqa: E402
 from generalist_tf import (  # noqa: E402
     data,
     distribute,
-    train,
+    experiment,
 )
 from generalist_tf.experiments.bench_costs import cost_model  # noqa: E402
 from generalist_tf.experiments.bench_groups import bench_epoch, bench_pgd, bench_steps  # noqa: E402
@@ -107,7 +107,7 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
     arrays = data.load("digits")
     configs = step_configs(DIGITS_FLAGFILE, batch_size=DIGITS_BATCH_SIZE)
     cfg_d = configs["generalist_d"]
-    build_digits = train.network_builder(cfg_d, arrays)
+    build_digits = experiment.network_builder(cfg_d, arrays)
     x = tf.constant(arrays.x_train[:DIGITS_BATCH_SIZE])
     y = tf.constant(arrays.y_train[:DIGITS_BATCH_SIZE])
     keras.utils.set_random_seed(cfg_d.runtime.seed)

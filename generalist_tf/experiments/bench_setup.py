@@ -15,7 +15,7 @@ from generalist_tf import (
     cli,
     compat,
     config,
-    train,
+    experiment,
 )
 from generalist_tf.algorithm import callbacks
 
@@ -63,7 +63,7 @@ def make_trainer(
     batch is a repeated constant, so the step time excludes the input pipeline (timed apart).
     """
     with strategy.scope():
-        model = train.build_generalist(cfg, build_network, steps_per_epoch)
+        model = experiment.build_model(cfg, build_network, steps_per_epoch)
     stream = tf.data.Dataset.from_tensors(batch).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(stream))
 
