@@ -21,3 +21,13 @@ def fresh_collective_keys():
     `compat.fresh_collective_keys`)."""
     compat.fresh_collective_keys()
     yield
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory):
+    """The fast evaluation of the fitted digits CNN, once per session: (report, its workdir).
+    Shared by the runner's and the writers' tests."""
+    from tests import helpers_eval
+
+    workdir = tmp_path_factory.mktemp("full")
+    return helpers_eval.evaluate(helpers_eval.fitted(), workdir), str(workdir)

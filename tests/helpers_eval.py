@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from generalist_tf import attacks, data, models
+from generalist_tf.evaluation import runner
 
 EPSILON_LINF = 0.1
 EPSILON_L2 = 0.5
@@ -28,6 +29,11 @@ FIT_EPOCHS = 8
 # epsilon, step 2.5 * epsilon / 10.
 AT_EPOCHS = 15
 AT_STEPS = 10
+# The attack budgets of the fast evaluations (`evaluate`).
+FAST_BUDGET = dict(square_queries=300, apgd_steps=50)
+# Evaluations that skip the accuracy-vs-epsilon curves and TensorBoard.
+NO_CURVES = dict(epsilon_fractions=(), tensorboard=False)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @functools.cache
@@ -131,3 +137,30 @@ def linf_distance(x_adv, x) -> np.ndarray:
 def l2_distance(x_adv, x) -> np.ndarray:
     delta = (np.asarray(x_adv, np.float64) - x).reshape(len(x), -1)
     return np.sqrt(np.sum(np.square(delta), axis=1))
+
+
+class Counting:
+    """A model that counts its calls in a variable (the count survives tf.function)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = tf.Variable(0, dtype=tf.int64)
+
+    def __call__(self, images, training=False):
+        self.calls.assign_add(1)
+        return self.model(images, training=training)
+
+
+def evaluate(model, workdir, x=None, y=None, **kwargs):
+    """`runner.evaluate_model` at the digits budgets with the fast suite (a few seconds)."""
+    if x is None:
+        x, y = subset()
+    arguments = dict(
+        workdir=str(workdir),
+        epsilon_linf=EPSILON_LINF,
+        epsilon_l2=EPSILON_L2,
+        verbose=0,
+        **FAST_BUDGET,
+    )
+    arguments.update(kwargs)
+    return runner.evaluate_model(model, x, y, **arguments)

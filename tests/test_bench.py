@@ -9,18 +9,15 @@ import json
 import math
 import statistics
 
-import keras
 import pytest
 from absl import flags
 
 from generalist_tf.experiments import (
     bench,
-    bench_costs,
     bench_models,
     bench_settings,
     bench_setup,
     bench_table,
-    bench_timing,
 )
 
 HEADLINE_KEYS = (
@@ -119,11 +116,6 @@ def test_floor_follows_from_the_times_of_its_group(result):
     assert "generalist_d_over_pgd_at" not in result["targets"]  # the FLOPs-floor target is retired
 
 
-def test_floor_ratio_by_hand():
-    # K*a = 10 x 5 ms, t = 10 ms: (50 + 20) / (50 + 10).
-    assert bench_timing.floor_ratio(0.05, 0.01) == pytest.approx(70 / 60)
-
-
 def test_bf16_cause_times_every_case_and_counts_its_casts(result):
     for case in bench_models.BF16_CAUSES:
         speedup = result[f"bf16_cause/{case}/speedup"]
@@ -164,16 +156,6 @@ def test_table_names_every_target(result):
         assert key in last[0], key
 
 
-def test_forward_flops_of_a_small_model_by_hand():
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # 4x4x4 out
-    x = keras.layers.Conv2D(6, 1)(x)  # 4x4x6 out
-    logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inputs, logits)
-    by_hand = 2 * 4 * 4 * 3 * 3 * 1 * 4 + 2 * 4 * 4 * 1 * 1 * 4 * 6 + 2 * 6 * 10
-    assert bench_costs.forward_flops(model) == by_hand
-
-
 def test_cost_model_of_resnet18(result):
     cost = result["cost_model"]
     assert result["resnet18_forward_gflops"] == pytest.approx(RESNET18_FORWARD_GFLOPS, rel=1e-12)
@@ -202,63 +184,6 @@ def test_standard_autoattack_estimate_by_hand(result):
         tflop / bench_settings.ASSUMED_GPU_TFLOPS / 3600
     )
     assert "standard AutoAttack, both norms" in bench_table.format_table(result)
-
-
-def test_standard_list_against_art_declares_paired_ratios():
-    """The standard l_inf list vs ART (tiny budgets): every variant timed, the shared-list sums
-    are the per-repeat sums of their three attacks, each ratio is art / ours."""
-    from tests import helpers_eval
-
-    arrays = helpers_eval.digits()
-    rec = bench_timing.Recorder()
-    network = helpers_eval.build_digits_cnn()
-    x, y = arrays.x_test[:16], arrays.y_test[:16]
-    assert bench_models.bench_standard_vs_art(
-        rec, network, x, y, epsilon=0.1, apgd_steps=2, square_queries=4, repeats=2
-    )
-    prefix = f"{bench_settings.DIGITS}/standard"
-    for side, attacks in (
-        ("ours", ("apgd_ce_linf", "apgd_t_linf", "fab_t_linf", "square_linf")),
-        ("art", ("apgd_ce_linf", "apgd_t_linf", "square_linf")),
-    ):
-        for attack in attacks:
-            assert len(rec.samples[f"{prefix}/{side}_{attack}"]) == 2
-        shared = [rec.samples[f"{prefix}/{side}_{a}"] for a in attacks if a != "fab_t_linf"]
-        assert rec.samples[f"{prefix}/{side}_shared"] == pytest.approx(
-            [sum(parts) for parts in zip(*shared)]
-        )
-    ratios, medians = rec.ratio_values(), rec.medians()
-    assert set(ratios) == {
-        f"standard_{a}_speedup_vs_art" for a in ("apgd_ce_linf", "apgd_t_linf", "square_linf")
-    } | {"standard_shared_speedup_vs_art"}
-    for attack in ("apgd_t_linf", "shared"):
-        expected = medians[f"{prefix}/art_{attack}"] / medians[f"{prefix}/ours_{attack}"]
-        assert ratios[f"standard_{attack}_speedup_vs_art"] == pytest.approx(expected)
-
-
-def test_forward_passes_cover_only_known_learners():
-    assert bench_costs.forward_passes_per_image(("natural", "linf_pgd"), 10) == 36
-    assert bench_costs.forward_passes_per_image(("linf_pgd",), 10) == 33
-    with pytest.raises(ValueError, match="trades"):
-        bench_costs.forward_passes_per_image(("trades",), 10)
-
-
-def test_time_interleaved_rotates_the_order_and_counts_calls():
-    calls = []
-    variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    samples, first = bench_timing.time_interleaved(
-        variants, repeats=3, warmup=2, number={"a": 1, "b": 2, "c": 1}
-    )
-    warm = ["a", "a", "b", "b", "c", "c"]
-    assert calls[: len(warm)] == warm
-    assert calls[len(warm) :] == ["a", "b", "b", "c"] + ["b", "b", "c", "a"] + ["c", "a", "b", "b"]
-    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
-    assert set(first) == set(variants)
-
-
-def test_time_interleaved_rejects_empty_budgets():
-    with pytest.raises(ValueError, match="got 0"):
-        bench_timing.time_interleaved({"a": lambda: None}, repeats=0, warmup=1, number=1)
 
 
 def test_importing_bench_defines_no_flags():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import data, experiment
+from generalist_tf import compat, data, experiment
 from tests.helpers_train import config_from, two_replica_strategy
 
 UNEVEN = 127  # one partial batch: 64 + 63 examples on two replicas
@@ -117,3 +117,18 @@ def test_a_built_generalist_skips_keras_symbolic_build(monkeypatch):
     # An unbuilt layer brings the build back (Keras' own test, which ours mirrors).
     model.learners[0].built = False
     assert not model._nothing_to_build()
+
+
+# --- fast: the shims and the strategy choice, in this process ------------------------------
+def test_shim_reduces_scalar_logs_that_upstream_rejects():
+    strategy = compat.MultiWorkerMirroredStrategy()  # no TF_CONFIG: one local worker
+    per_replica = strategy.run(lambda: (tf.fill([4, 2], 3.0), tf.constant(2.0)))
+    # Keras reduces scalar logs with axis=0 (tensorflow/tensorflow#72388).
+    assert float(strategy.reduce("MEAN", per_replica[1], axis=0)) == 2.0
+    # A batch tuple, as Keras' symbolic build passes it; non-scalars keep their axis.
+    x, y = strategy.reduce("MEAN", per_replica, axis=None)
+    assert x.shape == (4, 2) and float(y) == 2.0
+    np.testing.assert_allclose(strategy.reduce("SUM", per_replica[0], axis=0), [12.0, 12.0])
+    # When this stops raising, upstream is fixed: see compat's multi-worker notes to remove the shim.
+    with pytest.raises(ValueError, match="Invalid reduction dimension 0"):
+        tf.distribute.MultiWorkerMirroredStrategy().reduce("MEAN", per_replica[1], axis=0)

@@ -7,7 +7,6 @@ runs against an empty directory and must fail fast with a message naming dataset
 import collections
 import contextlib
 import gzip
-import os
 import time
 from unittest import mock
 
@@ -16,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from generalist_tf import data, data_files
+from tests import helpers_train
 
 DIGITS_TOTAL = 1_797
 # train_test_split rounds the held-out part up: 20% of 1,797 -> 360, then 12.5% of 1,437 -> 180.
@@ -311,32 +311,13 @@ def test_tfds_not_prepared_fails_fast_naming_dataset_and_dir(tmp_path):
 
 # The real Fashion-MNIST IDX files of `apt-get install dataset-fashion-mnist` (.ci/run installs
 # it): SHA-256 of `data.checksum(images, labels)` of each split, computed once from those files.
-FASHION_DIR = data.IDX_DATASETS["fashion_mnist"][0]
-FASHION_CHECKSUMS = {
-    "train": "51bef9dd5f20a1f04a3c19da2d515ab4e6af86d0459e446c185cc9ddb4717369",
-    "test": "0c149745b8a6bff9ff73c4367cc863e5e3606f901569925f3808a5f23bb8cdca",
-}
-needs_fashion = pytest.mark.skipif(
-    not os.environ.get("CI") and data.idx_directory("fashion_mnist", None) is None,
-    reason="apt-get install dataset-fashion-mnist (CI installs it and never skips)",
-)
 
 
-@needs_fashion
-@pytest.mark.parametrize("split, count", [("train", 60_000), ("test", 10_000)])
-def test_idx_reader_on_the_real_fashion_mnist_files(split, count):
-    x, y = data_files._load_idx_split(FASHION_DIR, split)
-    assert x.shape == (count, 28, 28, 1) and x.dtype == np.uint8
-    assert y.shape == (count,) and y.dtype == np.int64
-    np.testing.assert_array_equal(np.bincount(y), [count // 10] * 10)
-    assert data.checksum(x, y) == FASHION_CHECKSUMS[split]
-
-
-@needs_fashion
+@helpers_train.needs_fashion
 def test_fashion_mnist_loads_without_tfds_and_carves_validation_from_train(tmp_path):
     loaded = data.load("fashion_mnist", data_dir=str(tmp_path))  # no tfds copy, no IDX there
     assert (len(loaded.x_train), len(loaded.x_val), len(loaded.x_test)) == (59_000, 1_000, 10_000)
-    x_train, _ = data_files._load_idx_split(FASHION_DIR, "train")
+    x_train, _ = data_files._load_idx_split(helpers_train.FASHION_DIR, "train")
     assert image_counts(loaded.x_train, loaded.x_val) == image_counts(x_train)
     subset = data.load("fashion_mnist", train_examples=5_000)
     assert len(subset.x_train) == 5_000 and len(subset.x_val) == 1_000

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf import checkpoints, compat, distribute
+from generalist_tf import checkpoints, distribute
 from tests.helpers_train import ROOT
 from tests.multiworker_main import DUMP_ENV
 
@@ -158,21 +158,6 @@ def two_replicas(tmp_path_factory):
     (process,) = run_job(workdir, [name], "--num_cpu_replicas=2")
     assert process.returncode == 0, tail(name)
     return workdir, name
-
-
-# --- fast: the shims and the strategy choice, in this process ------------------------------
-def test_shim_reduces_scalar_logs_that_upstream_rejects():
-    strategy = compat.MultiWorkerMirroredStrategy()  # no TF_CONFIG: one local worker
-    per_replica = strategy.run(lambda: (tf.fill([4, 2], 3.0), tf.constant(2.0)))
-    # Keras reduces scalar logs with axis=0 (tensorflow/tensorflow#72388).
-    assert float(strategy.reduce("MEAN", per_replica[1], axis=0)) == 2.0
-    # A batch tuple, as Keras' symbolic build passes it; non-scalars keep their axis.
-    x, y = strategy.reduce("MEAN", per_replica, axis=None)
-    assert x.shape == (4, 2) and float(y) == 2.0
-    np.testing.assert_allclose(strategy.reduce("SUM", per_replica[0], axis=0), [12.0, 12.0])
-    # When this stops raising, upstream is fixed: see compat's multi-worker notes to remove the shim.
-    with pytest.raises(ValueError, match="Invalid reduction dimension 0"):
-        tf.distribute.MultiWorkerMirroredStrategy().reduce("MEAN", per_replica[1], axis=0)
 
 
 def test_cpu_replicas_cannot_be_combined_with_multiple_workers(monkeypatch):

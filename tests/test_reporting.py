@@ -97,22 +97,3 @@ def test_standard_autoattack_is_the_worst_case_over_exactly_the_standard_list():
         standard_queries=5000,
     )
     assert weaker["linf"]["standard"] is False and weaker["linf"]["square_queries"] == 1000
-
-
-def test_attack_sets_expand_and_default_is_unchanged():
-    assert suite.expand_attacks(None) == list(suite.DEFAULT_ATTACKS)
-    assert suite.expand_attacks("standard") == [
-        "apgd_ce_linf",
-        "apgd_t_linf",
-        "fab_t_linf",
-        "square_linf",
-        "apgd_ce_l2",
-        "apgd_t_l2",
-        "fab_t_l2",
-        "square_l2",
-    ]
-    assert set(suite.expand_attacks(["all"])) == set(suite.ATTACK_NAMES)
-    # Random streams are append-only: the attacks of earlier releases keep their seeds.
-    assert suite.STREAM_ORDER[: len(suite.DEFAULT_ATTACKS)] == suite.DEFAULT_ATTACKS
-    assert suite.STREAM_ORDER.index(suite.TRANSFER_ATTACK) == 11
-    assert set(suite.STREAM_ORDER) == set(suite.ATTACK_NAMES) | {suite.TRANSFER_ATTACK}

@@ -1,141 +1,116 @@
-"""Checkpoints hold everything; a SIGKILLed run resumes to the same exported G."""
+"""A killed evaluation resumes where it stopped and ends with the report of an uninterrupted one.
 
+`--mode=eval` records every finished batch of every attack under `<workdir>/eval_progress`
+(`resume.py`). Here one evaluation runs through, and the same command in another workdir
+is killed with SIGKILL after its first attack finished and its second started, then started
+again: its report must equal the uninterrupted one (timings aside) and the records must be gone.
+The records of another evaluation (another epsilon) are discarded, not reused.
+"""
+
+import glob
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
-import pytest
-import tensorflow as tf
 
-from generalist_tf import checkpoints, data, experiment
-from generalist_tf.algorithm import mixing
-from tests.helpers_train import ROOT, config_from
+from generalist_tf import export
+from generalist_tf.evaluation import resume
+from tests import helpers_eval, helpers_train
 
-# 3 epochs of 19 steps; checkpoints every 4 steps and at epoch ends; communication in epochs 2, 3.
-RUN = [
-    "--flagfile=flags/smoke.cfg",
-    "--deterministic",
-    "--checkpoint_every_steps=4",
-    "--num_steps=2",
-    "--eval_num_steps=2",
-    "--eval_examples=64",
-    "--verbose=0",
-]
+ATTACKS = "pgd20_linf,apgd_ce_linf,square_linf,pgd20_l2"
 
 
-def run_main(workdir, *extra, fault=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop(checkpoints.FAULT_ENV, None)
-    if fault:
-        env[checkpoints.FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "generalist_tf.main", *RUN, f"--workdir={workdir}", *extra],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _without_seconds(report):
+    report = json.loads(json.dumps(report))
+    for entry in report["attacks"].values():
+        entry.pop("seconds")
+    return report
 
 
-def exported_variables(workdir, name):
-    loaded = tf.saved_model.load(os.path.join(workdir, name))
-    return {f"{i}:{v.name}": v.numpy() for i, v in enumerate(loaded.weights)}
+def _arguments(model, workdir, *extra):
+    return [
+        "--mode=eval",
+        f"--model={model}",
+        f"--workdir={workdir}",
+        f"--eval_attacks={ATTACKS}",
+        "--eval_examples=96",
+        "--eval_batch_size=16",
+        "--eval_apgd_steps=10",
+        "--eval_square_queries=300",
+        "--verbose=0",
+        *extra,
+    ]
 
 
-def assert_same_export(a, b):
-    for name in ("export", "export_last"):
-        va, vb = exported_variables(a, name), exported_variables(b, name)
-        assert va.keys() == vb.keys()
-        worst = max(float(np.max(np.abs(va[k] - vb[k]))) for k in va)
-        assert worst <= 1e-6, f"{name}: max abs weight difference {worst}"
+def _report(workdir):
+    with open(os.path.join(workdir, "report.json")) as f:
+        return json.load(f)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    result = run_main(workdir)
+def test_sigkilled_evaluation_resumes_to_an_identical_report(tmp_path):
+    model = str(tmp_path / "export")
+    export.export_saved_model(helpers_eval.fitted(), helpers_eval.build_digits_cnn, model)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    result = helpers_train.run_main(*_arguments(model, full))
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    assert not os.path.exists(full / resume.DIRECTORY)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "generalist_tf.main", *_arguments(model, killed)],
+        cwd=helpers_train.ROOT,
+        env=dict(os.environ, PYTHONPATH=helpers_train.ROOT, TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    progress = killed / resume.DIRECTORY
+    deadline = time.monotonic() + 300
+    # Killed once the first attack is complete (6 batches) and the second has started.
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(glob.glob(str(progress / "apgd_ce_linf" / "*.npy"))) >= 1:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the evaluation ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(glob.glob(str(progress / "pgd20_linf" / "*.npy"))) == 6
+    assert not os.path.exists(killed / "report.json")
+
+    # A copy whose first batch record of pgd20_linf is inverted: if records are reused, its
+    # report shows the inverted batch (proof that the resumed run did not recompute it).
+    tampered = tmp_path / "tampered"
+    shutil.copytree(killed, tampered)
+    record = tampered / resume.DIRECTORY / "pgd20_linf" / "0.npy"
+    np.save(record, ~np.load(record))
+
+    result = helpers_train.run_main(*_arguments(model, killed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _without_seconds(_report(killed)) == _without_seconds(_report(full))
+    assert not os.path.exists(progress)
+
+    result = helpers_train.run_main(*_arguments(model, tampered))
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = _report(full)["attacks"]["pgd20_linf"]["accuracy"]
+    inverted = _report(tampered)["attacks"]["pgd20_linf"]["accuracy"]
+    # 16 examples of batch 0 inverted: the accuracy moves by (16 - 2 k) / 96 for k robust ones.
+    assert inverted != first and abs(inverted - first) <= 16 / 96 + 1e-9
 
 
-def kill_and_resume(tmp_path, fault):
-    killed = run_main(tmp_path, fault=fault)
-    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
-    assert not os.path.exists(tmp_path / "export")
-    resumed = run_main(tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return str(tmp_path)
-
-
-def test_kill_inside_a_communication_epoch_resumes_exactly(uninterrupted, tmp_path):
-    # Step 30 is in epoch 2 (steps 20-38), a communication epoch; the last checkpoint is step 28.
-    assert_same_export(uninterrupted, kill_and_resume(tmp_path, "kill_after_step:30"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "fault",
-    [
-        "kill_in_save:3",
-        "kill_in_save:5",
-        "kill_after_step:7",
-        "kill_after_step:19",
-        "kill_after_step:50",
-    ],
-)
-def test_kill_at_other_points_resumes_exactly(uninterrupted, tmp_path, fault):
-    # Save 3 is step 12 (mid-epoch); save 5 is the end of epoch 1 (after validation).
-    assert_same_export(uninterrupted, kill_and_resume(tmp_path, fault))
-
-
-def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
-    killed = run_main(tmp_path, fault="kill_in_save:2")
-    assert killed.returncode == -9
-    directory = tmp_path / checkpoints.CHECKPOINTS
-    # The second save (step 8) wrote its files but was never committed: step 4 is the latest.
-    assert tf.train.latest_checkpoint(str(directory)).endswith("ckpt-4")
-    assert tf.io.gfile.glob(str(directory / "ckpt-8*"))
-
-
-def build(tmp_path, seed):
-    cfg = config_from("smoke.cfg", workdir=str(tmp_path), seed=seed, variant="generalist_t")
-    arrays = data.load("digits")
-    strategy = tf.distribute.get_strategy()
-    model = experiment.build_experiment(cfg, strategy, arrays=arrays, checkpointing=False).model
-    return cfg, arrays, strategy, model
-
-
-def state(model, manager):
-    """Every value a resumed run needs, by name."""
-    values = {"step": manager.step.numpy()}
-    for key, obj in checkpoints.tracked_objects(model).items():
-        variables = obj.variables if hasattr(obj, "variables") else [obj]
-        for i, v in enumerate(variables):
-            values[f"{key}/{i}"] = np.array(v.numpy())
-    return values
-
-
-def test_checkpoint_restores_every_learner_optimizer_ema_and_counter(tmp_path):
-    cfg, arrays, strategy, model = build(tmp_path, seed=0)
-    stream = iter(data.train_dataset(arrays, batch_size=cfg.optimisation.batch_size, seed=0))
-    for _ in range(3):
-        model.train_step(next(stream))
-        model.mix([0.2, 0.4, 0.4])
-    model.save_best(0.5, 2)
-    saver = checkpoints.Manager(str(tmp_path), model, strategy=strategy)
-    saver.restore_or_initialize()
-    saver.save(3)
-    saved = state(model, saver)
-    # Momentum slots are not zero after three steps (the optimizers are really in the file).
-    assert any(np.abs(v).sum() > 0 for k, v in saved.items() if k.startswith("optimizer_"))
-
-    _, _, _, fresh = build(tmp_path, seed=1)
-    restorer = checkpoints.Manager(str(tmp_path), fresh, strategy=strategy)
-    assert restorer.restore_or_initialize() == 3
-    restored = state(fresh, restorer)
-    assert saved.keys() == restored.keys()
-    for key in saved:
-        np.testing.assert_array_equal(restored[key], saved[key], err_msg=key)
-    assert len(mixing.mixable_weights(fresh.learners[2].ema_network)) > 0
+def test_records_of_another_evaluation_are_not_reused(tmp_path):
+    progress = resume.Progress(str(tmp_path), "first")
+    progress.save_batch("pgd20_linf", 0, np.array([True, False]))
+    assert progress.batch("pgd20_linf", 0).tolist() == [True, False]
+    again = resume.Progress(str(tmp_path), "first")
+    assert again.batch("pgd20_linf", 0).tolist() == [True, False]
+    other = resume.Progress(str(tmp_path), "second")
+    assert other.batch("pgd20_linf", 0) is None
+    x, y = np.zeros((4, 2, 2, 1), np.float32), np.zeros(4)
+    logits = np.ones((4, 3))
+    key = resume.fingerprint(logits, x, y, {"epsilon": 0.1})
+    assert key == resume.fingerprint(logits, x, y, {"epsilon": 0.1})
+    assert key != resume.fingerprint(logits, x, y, {"epsilon": 0.2})
+    assert key != resume.fingerprint(logits + 1, x, y, {"epsilon": 0.1})

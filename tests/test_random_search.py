@@ -19,6 +19,17 @@ import tensorflow as tf
 from generalist_tf import attacks, data
 from generalist_tf.attacks import random_search
 from generalist_tf.evaluation import references
+from tests import helpers_eval
+
+
+@pytest.fixture(scope="module")
+def model():
+    return helpers_eval.fitted()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return helpers_eval.subset(64)
 
 
 def _pattern(side, transpose=False):
@@ -47,7 +58,7 @@ def test_pattern_is_two_opposite_blocks_peaked_at_their_centres(side):
 
 def test_refuses_images_too_small_for_a_pattern():
     with pytest.raises(ValueError, match="at least 3 x 3"):
-        attacks.square_l2(
+        random_search.square_l2(
             lambda v, training=False: v[:, 0, 0, :], np.zeros((1, 2, 2, 1)), [0], epsilon=1.0
         )
 
@@ -80,7 +91,7 @@ def test_never_weaker_than_arts_square_l2():
 
     model, x, y = _fashion_model()
     classifier = attacks.as_classifier(model)
-    ours = attacks.square_l2(classifier, x, y, epsilon=1.0, num_queries=1000, seed=0)
+    ours = random_search.square_l2(classifier, x, y, epsilon=1.0, num_queries=1000, seed=0)
     reference = references.art_estimator(classifier, x)
     np.random.seed(0)
     with warnings.catch_warnings():
@@ -98,3 +109,66 @@ def test_never_weaker_than_arts_square_l2():
     accuracy = lambda images: float(np.mean(model(images).numpy().argmax(1) == y))  # noqa: E731
     assert accuracy(ours) <= accuracy(theirs) + 0.02
     assert accuracy(ours) < accuracy(x) - 0.2
+
+
+def test_square_p_schedule_halves_at_the_papers_iterations():
+    def p(iteration, queries=10_000):
+        return float(random_search.square_p(iteration, queries, 0.8))
+
+    expected = {0: 0.8, 10: 0.8, 11: 0.4, 50: 0.4, 51: 0.2, 200: 0.2, 201: 0.1, 8001: 0.8 / 512}
+    for iteration, value in expected.items():
+        assert p(iteration) == pytest.approx(value), iteration
+    # Rescaled to another budget: iteration 2 of 1000 is iteration 20 of 10,000.
+    assert p(2, 1000) == pytest.approx(0.4)
+
+
+def _true_class_model(num_classes=10):
+    """A model that always predicts class 0 with a margin of 100: never fooled."""
+    inputs = keras.Input((8, 8, 1))
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant([100.0] + [0.0] * (num_classes - 1)),
+    )(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, logits)
+
+
+def test_square_makes_exactly_num_queries_queries(batch):
+    x, _ = batch
+    counting = helpers_eval.Counting(_true_class_model())
+    random_search.square(counting, x, np.zeros(len(x), np.int64), epsilon=0.1, num_queries=37)
+    assert int(counting.calls.numpy()) == 37
+
+
+def test_square_never_asks_for_a_gradient(model):
+    """Square through a model whose gradient raises: a score-based attack must not need it."""
+    x, y = helpers_eval.subset()
+
+    @tf.custom_gradient
+    def no_gradient(images):
+        def gradient(upstream):
+            raise AssertionError("Square Attack asked for a gradient")
+
+        return tf.identity(images), gradient
+
+    def gradient_free(images, training=False):
+        return model(no_gradient(images), training=False)
+
+    x_adv = random_search.square(gradient_free, x, y, epsilon=0.1, num_queries=300)
+    assert helpers_eval.accuracy(model, x_adv, y) < helpers_eval.accuracy(model, x, y) - 0.2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(epsilon=-1.0), "epsilon"),
+        (dict(num_queries=0), "num_queries"),
+        (dict(p_init=0.0), "p_init"),
+    ],
+)
+def test_square_rejects_invalid_arguments(batch, kwargs, message):
+    x, y = batch
+    arguments = dict(epsilon=0.1, num_queries=10)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        random_search.square(None, x, y, **arguments)
