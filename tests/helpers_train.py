@@ -12,6 +12,7 @@ from absl import flags
 
 from generalist_tf import cli, compat, config, data
 from generalist_tf.algorithm import generalist, learners, mixing, optimizers
+from generalist_tf.experiments import repro_suites
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "flags")
@@ -103,3 +104,14 @@ needs_fashion = pytest.mark.skipif(
     not os.environ.get("CI") and data.idx_directory("fashion_mnist", None) is None,
     reason="apt-get install dataset-fashion-mnist (CI installs it and never skips)",
 )
+
+
+# The metrics of a finished reproduction run (`repro_runs.read_metrics`), every column 0.5.
+FAKE_METRICS = {
+    **{key: 0.5 for key, _ in repro_suites.COLUMNS},
+    **{key: 0.5 for key, _ in repro_suites.SELECTION_COLUMNS},
+    "alarms": [],
+    "best_epoch": 2,
+    "epochs": 2,
+    "suite_examples": 10,
+}

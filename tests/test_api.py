@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import generalist_tf as gtf
+from generalist_tf import api
 from tests import helpers_eval, helpers_train
 from tests.helpers_train import ROOT
 
@@ -38,6 +39,14 @@ def test_the_readme_example_runs_as_written(tmp_path):
     served = tf.saved_model.load("/tmp/my_generalist").signatures["serving_default"]
     images = np.random.default_rng(0).uniform(size=(3, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(reloaded(images), served(images=images)["logits"], atol=1e-5)
+
+
+def test_the_package_s_public_names_are_the_api_module_s():
+    """`gtf.<name>` resolves lazily to `api.<name>` (`build_experiment`: `experiment`'s)."""
+    assert api.__all__ == gtf.__all__
+    for name in gtf.__all__:
+        if name != "build_experiment":
+            assert getattr(gtf, name) is getattr(api, name), name
 
 
 def small_network(softmax=False, classes=10):

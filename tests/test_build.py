@@ -443,3 +443,26 @@ def test_checking_a_flagfile_starts_neither_tensorflow_nor_keras():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_module_with_logic_has_its_test_file():
+    """Each module that defines a top-level function or class has `tests/test_<basename>.py`,
+    which imports it (basenames are unique in the package)."""
+    offenders = []
+    for path in module_files():
+        if os.path.basename(path) == "__init__.py":
+            continue
+        with open(os.path.join(ROOT, path)) as f:
+            tree = ast.parse(f.read(), filename=path)
+        if not any(
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            for node in tree.body
+        ):
+            continue
+        module = path[: -len(".py")]
+        test_path = os.path.join("tests", f"test_{os.path.basename(path)}")
+        if not os.path.isfile(os.path.join(ROOT, test_path)):
+            offenders.append(f"{path}: no {test_path}")
+        elif module not in imports_of(test_path)[0]:
+            offenders.append(f"{path}: {test_path} does not import it")
+    assert not offenders, "modules without their test file:\n" + "\n".join(offenders)

@@ -4,8 +4,7 @@ import dataclasses
 
 import pytest
 
-from generalist_tf import config
-from tests.helpers_train import config_from, parse_flags
+from tests.helpers_train import config_from
 
 
 def test_every_field_lives_in_exactly_one_section():
@@ -33,15 +32,3 @@ def test_replace_changes_the_named_fields_of_their_sections_and_nothing_else():
     assert cfg.optimisation.epochs != 7  # frozen: the original is untouched
     with pytest.raises(TypeError, match="no field 'epoch'"):
         cfg.replace(epoch=7)
-
-
-def test_a_section_checks_its_own_flags_alone():
-    values = parse_flags("--flagfile=flags/smoke.cfg", "--workdir=/tmp/unused").flag_values_dict()
-    assert config.Optimisation.from_flags(values).batch_size == values["batch_size"]
-    with pytest.raises(ValueError, match=r"^--momentum must be in \[0, 1\), got 1.5$"):
-        config.Optimisation.from_flags({**values, "momentum": 1.5})
-    with pytest.raises(ValueError, match=r"^--jit_compile must be one of"):
-        config.Runtime.from_flags({**values, "jit_compile": "maybe"})
-    learners = config.Algorithm.from_flags(values).learners
-    with pytest.raises(ValueError, match="^--select_metric='val_global/nope' is neither"):
-        config.Evaluation.from_flags({**values, "select_metric": "val_global/nope"}, learners)

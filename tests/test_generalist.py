@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from generalist_tf.algorithm import mixing
+from generalist_tf.algorithm import generalist, mixing
 from tests import helpers_train
 
 
@@ -12,6 +12,7 @@ from tests import helpers_train
 def test_ema_and_three_learner_interpolation(count):
     rng = np.random.default_rng(count)
     model = helpers_train.build_model()
+    assert isinstance(model, generalist.Generalist)
     helpers_train.set_known_weights(model, rng)
     model.ema_updates.assign(count)
     coefficients = [0.2, 0.3, 0.5]
@@ -60,6 +61,7 @@ def test_redistribution_copies_g_including_bn_and_keeps_momentum():
         for m in learner.optimizer.momentums:
             m.assign(np.full(m.shape, 0.5, np.float32))
     model.redistribute()
+    assert model.evaluated_networks()[generalist.GLOBAL] is model.global_network
     g = helpers_train.values(model.global_network)
     for learner in model.learners:
         for got, want in zip(helpers_train.values(learner.network), g):

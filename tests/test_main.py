@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from generalist_tf import checkpoints, config, data, models
+from generalist_tf import checkpoints, config, data, main, models
 from generalist_tf.evaluation import suite
 from tests.helpers_train import FLAGS_DIR, config_from, parse_flags, run_main
 
@@ -95,7 +95,7 @@ def test_smoke_results_and_table(smoke_run):
 
 def test_smoke_flags_record_reparses_to_the_same_config(smoke_run):
     workdir, _ = smoke_run
-    recorded = parse_flags(f"--flagfile={os.path.join(workdir, 'flags.cfg')}")
+    recorded = parse_flags(f"--flagfile={os.path.join(workdir, main.FLAGS_RECORD)}")
     original = config_from(
         "smoke.cfg", workdir=workdir, final_eval=True, eval_square_queries=100, eval_apgd_steps=10
     )

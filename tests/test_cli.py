@@ -1,0 +1,39 @@
+"""The command line's flags (`cli`): definitions, parsing from the root, the resolved-flags record."""
+
+import pytest
+
+from generalist_tf import cli, config
+
+
+def test_flag_names_are_the_defined_flags_sorted_without_absl_s_own():
+    names = cli.flag_names()
+    assert names == sorted(set(names))
+    assert "flagfile" not in names  # absl's own flag
+    for name in ("workdir", "epsilon", "mixing", "select_metric", "precision"):
+        assert name in names, name
+
+
+def test_parse_reads_relative_flagfiles_from_the_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository root: flags/ is found all the same
+    values = cli.parse("--flagfile=flags/smoke.cfg", "--epochs=4", "--workdir=/tmp/unused")
+    assert values["epochs"].value == 4 and values["workdir"].value == "/tmp/unused"
+
+
+def test_written_flags_reparse_to_the_same_config(tmp_path):
+    values = cli.parse("--flagfile=flags/smoke.cfg", "--workdir=/tmp/unused", "--seed=5")
+    path = str(tmp_path / "flags.cfg")
+    cli.write_flags(values, path)
+    with open(path) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("# ") and "--seed=5" in lines
+    again = cli.parse(f"--flagfile={path}")
+    assert config.from_flags(again.flag_values_dict()) == config.from_flags(
+        values.flag_values_dict()
+    )
+
+
+def test_config_from_flagfile_applies_the_overrides_and_validates():
+    cfg = cli.config_from_flagfile("flags/smoke.cfg", workdir="/tmp/unused", epochs=2, seed=9)
+    assert (cfg.optimisation.epochs, cfg.runtime.seed) == (2, 9)
+    with pytest.raises(ValueError, match=r"^--epochs must be >= 1, got 0$"):
+        cli.config_from_flagfile("flags/smoke.cfg", workdir="/tmp/unused", epochs=0)
