@@ -31,3 +31,20 @@ def full_run(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("full")
     return helpers_eval.evaluate(helpers_eval.fitted(), workdir), str(workdir)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The fitted digits CNN (`helpers_eval.fitted`), for the attacks' tests; a test file that
+    defines its own `model` fixture overrides this one."""
+    from tests import helpers_eval
+
+    return helpers_eval.fitted()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """The first 64 test digits and their labels (`helpers_eval.subset`)."""
+    from tests import helpers_eval
+
+    return helpers_eval.subset(64)

@@ -121,16 +121,6 @@ def _attack_cases():
 CASES = _attack_cases()
 
 
-@pytest.fixture(scope="module")
-def model():
-    return helpers_eval.fitted()
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return helpers_eval.subset(64)
-
-
 @pytest.mark.parametrize("name, norm, run", CASES, ids=[case[0] for case in CASES])
 def test_attack_stays_in_ball_and_box_and_lowers_accuracy(model, batch, name, norm, run):
     x, y = batch

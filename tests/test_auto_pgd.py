@@ -7,16 +7,6 @@ from generalist_tf.attacks import auto_pgd
 from tests import helpers_eval
 
 
-@pytest.fixture(scope="module")
-def model():
-    return helpers_eval.fitted()
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return helpers_eval.subset(64)
-
-
 def test_apgd_checkpoints_follow_the_paper():
     # p: 0, .22, .41, .57, .70, .80, .87, .93, .99 (Croce & Hein 2020, Sec. 3.2).
     assert auto_pgd.apgd_checkpoints(100) == (0, 22, 41, 57, 70, 80, 87, 93, 99)

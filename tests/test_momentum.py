@@ -1,20 +1,8 @@
 """MIM (`attacks.momentum`): XLA equals graph mode."""
 
 import numpy as np
-import pytest
 
 from generalist_tf.attacks import momentum
-from tests import helpers_eval
-
-
-@pytest.fixture(scope="module")
-def model():
-    return helpers_eval.fitted()
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return helpers_eval.subset(64)
 
 
 def test_mim_xla_equals_graph_mode(model, batch):

@@ -22,16 +22,6 @@ from generalist_tf.evaluation import references
 from tests import helpers_eval
 
 
-@pytest.fixture(scope="module")
-def model():
-    return helpers_eval.fitted()
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return helpers_eval.subset(64)
-
-
 def _pattern(side, transpose=False):
     rows = tf.reshape(tf.range(side), [1, side, 1, 1])
     cols = tf.reshape(tf.range(side), [1, 1, side, 1])
