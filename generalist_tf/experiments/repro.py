@@ -184,51 +184,77 @@ def run_plan(
 FLAGS = flags.FLAGS
 
 
-def _define():
-    flags.DEFINE_enum("suite", "digits", list(SUITES), "Which reproduction.")
-    flags.DEFINE_string("workdir", "runs/repro", "Where runs and RESULTS.md go.")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
-    flags.DEFINE_list("methods", list(METHODS), "Methods to run.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The driver's flags (only when run as a program)."""
+    flags.DEFINE_enum(
+        "suite", "digits", list(SUITES), "Which reproduction.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "workdir", "runs/repro", "Where runs and RESULTS.md go.", flag_values=flag_values
+    )
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.", flag_values=flag_values)
+    flags.DEFINE_list("methods", list(METHODS), "Methods to run.", flag_values=flag_values)
     flags.DEFINE_list(
         "ablations",
         None,
         f"Ablations to run (of {', '.join(ABLATIONS)}; 'none': none); default: the suite's.",
+        flag_values=flag_values,
     )
-    flags.DEFINE_list("ablation_seeds", ["0"], "Seeds of the ablations.")
+    flags.DEFINE_list("ablation_seeds", ["0"], "Seeds of the ablations.", flag_values=flag_values)
     flags.DEFINE_bool(
         "reuse",
         True,
         "Reuse the finished runs recorded in <workdir>/runs.json and resume interrupted ones; "
         "--noreuse retrains every run from scratch (--restart).",
-    )
-    flags.DEFINE_string("data_dir", None, "tfds data directory (mnist suite).")
-    flags.DEFINE_integer("epochs", 0, "Override every method's epochs (0: keep the flagfile's).")
-    flags.DEFINE_integer(
-        "square_queries", 0, "Override the Square attack's query budget (0: the flagfile's)."
+        flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "results", "", "Output file (relative to the repo root); default: the suite's."
+        "data_dir", None, "tfds data directory (mnist suite).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        0,
+        "Override every method's epochs (0: keep the flagfile's).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "square_queries",
+        0,
+        "Override the Square attack's query budget (0: the flagfile's).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "results",
+        "",
+        "Output file (relative to the repo root); default: the suite's.",
+        flag_values=flag_values,
     )
     flags.DEFINE_string(
         "ledger",
         "",
         "Results ledger (relative to the repo root) that finished runs are read from and written "
         "to, so a suite spans sessions; default: the suite's; 'none': no ledger.",
+        flag_values=flag_values,
     )
     flags.DEFINE_bool(
         "train",
         True,
         "Train the runs that are neither finished in --workdir nor in the ledger; --notrain only "
         "collects finished runs (into the ledger) and writes the results of those.",
+        flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "precision", "", "Override every run's --precision (fp32, bf16, auto; empty: flagfile's)."
+        "precision",
+        "",
+        "Override every run's --precision (fp32, bf16, auto; empty: flagfile's).",
+        flag_values=flag_values,
     )
     flags.DEFINE_integer(
         "jobs",
         2,
         "Runs trained at once, each in its own process (2 fills this 2-core CPU).",
         lower_bound=1,
+        flag_values=flag_values,
     )
 
 
@@ -289,5 +315,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define()
+    define_flags()
     app.run(main)

@@ -1,0 +1,84 @@
+"""Every command and flag the README names exists: its `python -m` programs, their flags, the
+flagfiles they read. (The README's Python examples run in test_api and test_experiment; the two
+fresh-machine commands are CI's own.)"""
+
+import importlib.util
+import os
+import re
+
+from absl import flags
+
+from generalist_tf import cli
+from generalist_tf.experiments import bench, repro
+from tests.helpers_train import ROOT
+
+# Flags of other tools that the README shows: pytest-xdist's and TensorBoard's.
+OTHER_TOOLS = {"dist": "pytest", "logdir": "tensorboard"}
+# What absl's parser and `app.run` give every program.
+ABSL = {"flagfile", "undefok", "help", "helpfull", "helpshort", "only_check_args"}
+
+
+def readme() -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return f.read()
+
+
+def program_flags() -> dict[str, set[str]]:
+    """Each program's flag names (absl's own, `ABSL`, included)."""
+    out = {}
+    for module, define in (
+        ("generalist_tf.main", cli.define_flags),
+        ("generalist_tf.experiments.bench", bench.define_flags),
+        ("generalist_tf.experiments.repro", repro.define_flags),
+    ):
+        values = flags.FlagValues()
+        define(values)
+        out[module] = set(values) | ABSL
+    return out
+
+
+def named(text: str) -> set[str]:
+    """The flags named in `text`, `--noX` read as `X` when X is a boolean flag name."""
+    return set(re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", text))
+
+
+def resolve(name: str, known: set[str]) -> str:
+    return name[2:] if name.startswith("no") and name not in known and name[2:] in known else name
+
+
+def commands(text: str) -> list[tuple[str, str]]:
+    """(module, arguments) of every `python -m generalist_tf...` command in the README."""
+    return re.findall(r"python -m (generalist_tf[\w.]*)([^`\n]*)", text)
+
+
+def test_every_program_the_readme_runs_exists():
+    modules = {module for module, _ in commands(readme())}
+    assert {"generalist_tf.main", "generalist_tf.experiments.repro"} <= modules
+    missing = [m for m in sorted(modules) if importlib.util.find_spec(m) is None]
+    assert not missing, f"README runs modules that do not exist: {missing}"
+
+
+def test_every_command_uses_flags_its_program_defines():
+    known = program_flags()
+    problems = []
+    for module, arguments in commands(readme()):
+        if module not in known:
+            problems.append(f"{module}: no flag list for this program in the test")
+            continue
+        for name in named(arguments):
+            if resolve(name, known[module]) not in known[module]:
+                problems.append(f"python -m {module} ... --{name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_flag_the_readme_names_is_defined_somewhere():
+    known = set().union(*program_flags().values()) | set(OTHER_TOOLS)
+    unknown = sorted(name for name in named(readme()) if resolve(name, known) not in known)
+    assert not unknown, f"README names flags no program defines: {unknown}"
+
+
+def test_every_flagfile_the_readme_names_exists():
+    paths = set(re.findall(r"--flagfile=(flags/[\w./-]+\.cfg)", readme()))
+    assert "flags/quickstart.cfg" in paths
+    missing = sorted(p for p in paths if not os.path.isfile(os.path.join(ROOT, p)))
+    assert not missing, f"README names flagfiles that do not exist: {missing}"
