@@ -64,3 +64,20 @@ def test_timing_says_when_runs_were_reused():
     assert "--jobs=2" in text and "ended after 2.0 minutes" in text
     text = repro_tables.timing([trained, reused], [], wall=130.0, jobs=2)
     assert text.startswith("Time: 1 of the 2 runs were reused") and "3.0 minutes" in text
+
+
+def test_ablation_reading_says_whether_the_exported_g_is_mixed():
+    """Generalist-D's natural weight is 0 until 2E/3 (epoch 80 of 120): a G selected at epoch
+    75 is the robust EMA, one selected at epoch 100 already mixes in the natural learner."""
+
+    def gd(label, epoch):
+        metrics = {**FAKE_METRICS, "best_epoch": epoch, "epochs": 120}
+        return repro_suites.Run(label, 0, metrics, 1.0)
+
+    early = repro_tables.ablation_reading([gd("generalist_d", 75)], [gd("gd_select_pgd", 100)])
+    assert "epoch 75 of 120" in early[0] and "weight is 0.00" in early[0]
+    assert "robust learner's EMA" in early[0]
+    assert "picks epoch 100 (natural weight 0.30)" in early[0]
+    late = repro_tables.ablation_reading([gd("generalist_d", 100)], [gd("gd_select_pgd", 110)])
+    assert "weight is 0.30" in late[0] and "mixes in the natural learner" in late[0]
+    assert "robust learner's EMA" not in late[0]

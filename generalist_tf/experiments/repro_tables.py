@@ -128,14 +128,29 @@ def ablation_reading(runs: list[Run], ablation_runs: list[Run]) -> list[str]:
         mixing = schedules.parse_mixing(variants.VARIANTS["generalist_d"].mixing)
         mine = [r for r in runs if r.label == "generalist_d"]
         epochs = mine[0].metrics["epochs"]
-        best = round(statistics.mean(r.metrics["best_epoch"] for r in mine))
-        natural = schedules.mixing_weights(mixing, ["natural"], best, epochs)[0]
-        lines.append(
-            f"- Checkpoint selection: the exported Generalist-D G comes from epoch {best} of "
-            f"{epochs} on average, where the natural learner's weight is {natural:.2f}: the "
-            "served G is then the robust learner's EMA, and choosing G on validation PGD accuracy "
-            "never picks a mixed G. The natural weight grows only after 2E/3."
+
+        def natural_weight(epoch: float) -> float:
+            return schedules.mixing_weights(mixing, ["natural"], round(epoch), epochs)[0]
+
+        best = statistics.mean(r.metrics["best_epoch"] for r in mine)
+        served = (
+            "the served G is then the robust learner's EMA (the natural weight grows only after "
+            "2E/3)"
+            if natural_weight(best) == 0
+            else "the served G mixes in the natural learner"
         )
+        line = (
+            f"- Checkpoint selection: the exported Generalist-D G comes from epoch {best:.0f} of "
+            f"{epochs} on average, where the natural learner's weight is "
+            f"{natural_weight(best):.2f}: {served}."
+        )
+        if "gd_select_pgd" in table:
+            other = table["gd_select_pgd"]["best_epoch"]
+            line += (
+                f" Choosing G on validation PGD accuracy alone picks epoch {other:.0f} (natural "
+                f"weight {natural_weight(other):.2f})."
+            )
+        lines.append(line)
     pairs = [
         (
             "gd_no_communication",
