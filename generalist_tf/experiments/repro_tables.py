@@ -132,17 +132,17 @@ def ablation_reading(runs: list[Run], ablation_runs: list[Run]) -> list[str]:
         def natural_weight(epoch: float) -> float:
             return schedules.mixing_weights(mixing, ["natural"], round(epoch), epochs)[0]
 
-        best = statistics.mean(r.metrics["best_epoch"] for r in mine)
-        served = (
-            "the served G is then the robust learner's EMA (the natural weight grows only after "
-            "2E/3)"
-            if natural_weight(best) == 0
-            else "the served G mixes in the natural learner"
+        picked = [(r.seed, r.metrics["best_epoch"]) for r in sorted(mine, key=lambda r: r.seed)]
+        unmixed = sum(natural_weight(epoch) == 0 for _, epoch in picked)
+        listing = ", ".join(
+            f"{epoch:.0f} (seed {seed}, natural weight {natural_weight(epoch):.2f})"
+            for seed, epoch in picked
         )
         line = (
-            f"- Checkpoint selection: the exported Generalist-D G comes from epoch {best:.0f} of "
-            f"{epochs} on average, where the natural learner's weight is "
-            f"{natural_weight(best):.2f}: {served}."
+            f"- Checkpoint selection: the exported Generalist-D G comes from "
+            f"epoch{'s' if len(picked) > 1 else ''} {listing} of "
+            f"{epochs}: in {unmixed} of {len(picked)} runs the served G is the robust learner's "
+            "EMA (the natural weight grows only after 2E/3)."
         )
         if "gd_select_pgd" in table:
             other = table["gd_select_pgd"]["best_epoch"]
