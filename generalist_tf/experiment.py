@@ -210,6 +210,7 @@ def build_experiment(
     arrays: data.Arrays | None = None,
     build_network: Callable[[], keras.Model] | None = None,
     checkpointing: bool = True,
+    phases: timing.Phases | None = None,
 ) -> Experiment:
     """Builds `config`'s experiment: strategy, data, the Generalist, and (with `checkpointing`)
     the checkpoint manager, restored from `<workdir>` if it holds a checkpoint.
@@ -219,12 +220,14 @@ def build_experiment(
       arrays: an already loaded dataset (default: `data.load` of `--dataset`).
       build_network: your own network builder (default: `--model`'s, `network_builder`).
       checkpointing: False builds no manager and restores nothing (tests, the bench).
+      phases: where the "data" and "build and restore" times go (`train` passes `timing.RUN`,
+        the run's report); default: nowhere.
 
     Raises:
       data.DataError, ValueError: bad dataset or configuration (one-line messages).
     """
     strategy = strategy or make_strategy(config)
-    phases = timing.RUN  # the process's phase timer (`train` reports it)
+    phases = timing.Phases() if phases is None else phases
     if arrays is None:
         with phases.phase("data"):
             arrays = data.load(

@@ -29,7 +29,6 @@ from generalist_tf.config import Config
 RESULTS = "results.json"
 EXPORT_BEST = "export"
 EXPORT_LAST = "export_last"
-TENSORBOARD = experiment.TENSORBOARD
 
 
 def _format_table(test: dict, config: Config, best_epoch: int) -> str:
@@ -104,7 +103,7 @@ def _train(config: Config, strategy) -> dict:
         "strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync
     )
     phases = timing.RUN
-    exp = experiment.build_experiment(config, strategy)
+    exp = experiment.build_experiment(config, strategy, phases=phases)
     model, steps_per_epoch, arrays = exp.model, exp.steps_per_epoch, exp.arrays
     chief = exp.chief
     if config.runtime.restart and chief:

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import generalist_tf as gtf
-from generalist_tf import checkpoints, data, experiment
+from generalist_tf import checkpoints, data, experiment, timing
 from generalist_tf.algorithm import mixing
 from tests.helpers_train import ROOT, config_from
 from tests.user_network import build as user_network
@@ -91,3 +91,16 @@ def test_the_readme_experiment_example_runs_and_resumes(tmp_path, monkeypatch, c
     assert epoch in (1, 2)
     exec(code, {})  # a second run finds both epochs done: fit runs nothing, the G is restored
     assert int(re.search(r"epoch (\d+)", capsys.readouterr().out).group(1)) == epoch
+
+
+def test_phases_are_timed_only_for_the_caller_that_asks(tmp_path, monkeypatch):
+    """`train` passes its run's timer; any other build leaves the process's timer alone (a
+    later `train` in this process would otherwise report phases that were not its own)."""
+    monkeypatch.setattr(timing, "RUN", timing.Phases())
+    cfg = config_from("smoke.cfg", workdir=str(tmp_path))
+    strategy = tf.distribute.get_strategy()
+    experiment.build_experiment(cfg, strategy, checkpointing=False)
+    assert timing.RUN.wall == {}
+    mine = timing.Phases()
+    experiment.build_experiment(cfg, strategy, checkpointing=False, phases=mine)
+    assert list(mine.wall) == ["data", "build and restore"]
