@@ -31,7 +31,7 @@ def test_a_bf16_keras_model_is_attacked_in_float32(tmp_path, monkeypatch):
     assert seen == {"float32"}
     reference = helpers_eval.evaluate(fitted, tmp_path / "fp32", **options)
     seen.clear()
-    as_is = helpers_eval.evaluate(half, tmp_path / "as_is", compute_dtype=None, **options)
+    helpers_eval.evaluate(half, tmp_path / "as_is", compute_dtype=None, **options)  # as it is
     assert seen == {"bfloat16"}
     assert half.compute_dtype == "bfloat16"
     for key in ("clean_accuracy", "union_accuracy"):
@@ -39,6 +39,5 @@ def test_a_bf16_keras_model_is_attacked_in_float32(tmp_path, monkeypatch):
     assert (
         ours["attacks"]["pgd20_linf"]["accuracy"] == reference["attacks"]["pgd20_linf"]["accuracy"]
     )
-    assert as_is["attacks"]["pgd20_linf"]["accuracy"] >= 0.0
     with pytest.raises(ValueError, match="compute_dtype"):
         helpers_eval.evaluate(half, tmp_path / "bad", compute_dtype="bfloat16", **options)
