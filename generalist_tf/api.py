@@ -261,3 +261,71 @@ def export_model(model, path: str) -> None:
         exports.export_saved_model(model.best_network, model.build_network, path)
     else:
         exports.export_saved_model(model, lambda: keras.models.clone_model(model), path)
+
+
+def frontier(
+    robust,
+    natural=None,
+    *,
+    validation,
+    test,
+    epsilon: float,
+    out: str,
+    natural_data: tf.data.Dataset | None = None,
+    natural_steps: int = 0,
+    natural_learning_rate: float = 0.0,
+    momentum: float = 0.9,
+    natural_weight_decay: float = 5e-4,
+    num_steps: int = 20,
+    points: int = 11,
+    operating_point: str | None = None,
+    worst_case=None,
+    apgd_steps: int = 100,
+    seed: int = 0,
+) -> dict:
+    """The trade-off frontier between a robust network and a natural one (`generalist_tf.tradeoff`).
+
+    Args:
+      robust: a `keras.Model`, or the path of a `.keras` file, an export or a workdir.
+      natural: the natural end (same forms); None: a natural fine-tune of `robust` on
+        `natural_data` for `natural_steps` steps at `natural_learning_rate`.
+      validation, test: `(x, y)` arrays or datasets; only `validation` chooses anything.
+      epsilon: l_inf radius of the PGD-`num_steps` robust score (step epsilon / 4).
+      out: where `frontier.json`, `frontier.png` and the operating point's export go.
+      operating_point: `clean:A` or `robust:A`, chosen on validation and exported.
+      worst_case: optional `(x, y)` subset for APGD-CE + APGD-T on the Pareto points.
+
+    Returns:
+      The `frontier.json` record.
+    """
+    from generalist_tf import tradeoff as frontiers
+
+    frontiers.parse_operating_point(operating_point)
+    if isinstance(robust, (str, os.PathLike)):
+        robust = init_from.load_network(os.fspath(robust), "robust")
+    if isinstance(natural, (str, os.PathLike)):
+        natural = init_from.load_network(os.fspath(natural), "natural")
+    if natural is None:
+        if natural_data is None:
+            raise ValueError("natural_data is required when natural is None (the fine-tune data)")
+        natural = frontiers.fine_tune(
+            robust,
+            natural_data,
+            steps=natural_steps,
+            learning_rate=natural_learning_rate,
+            momentum=momentum,
+            weight_decay=natural_weight_decay,
+            seed=seed,
+        )
+    return frontiers.run(
+        robust,
+        natural,
+        validation=_as_arrays(validation),
+        test=_as_arrays(test),
+        attack=Attack("linf", epsilon, epsilon / 4, num_steps),
+        out=out,
+        points=points,
+        operating_point=operating_point,
+        worst_case=None if worst_case is None else _as_arrays(worst_case),
+        apgd_steps=apgd_steps,
+    )

@@ -86,3 +86,27 @@ def _assign(network: keras.Model, values, path: str) -> None:
             )
     for target, value in zip(targets, values):
         target.assign(tf.convert_to_tensor(value, target.dtype))
+
+
+def load_network(path: str, argument: str = "model") -> keras.Model:
+    """The Keras network at `path`: a `.keras` file, an export with its twin, or a workdir.
+
+    Args:
+      path: the source (see the module docstring; a checkpoint holds no architecture).
+      argument: how the caller names `path` in errors (`model`, or `--model` on the command line).
+
+    Raises:
+      InitError: no `.keras` source at `path`, or one Keras cannot load (one line naming it).
+    """
+    keras_file = _keras_file(path)
+    if keras_file is None:
+        raise InitError(
+            f"{argument}={path}: neither a .keras file, an export with its .keras twin, nor a "
+            "workdir with export.keras"
+        )
+    from generalist_tf import models  # noqa: F401 (registers our BatchNorm for older exports)
+
+    try:
+        return keras.models.load_model(keras_file, compile=False)
+    except Exception as e:  # Keras raises several types for a bad file.
+        raise InitError(f"{argument}={path}: {keras_file} is not loadable ({type(e).__name__})")

@@ -23,7 +23,7 @@ from generalist_tf import (
     timing,
 )
 from generalist_tf import fit_timer as fit_timer_lib
-from generalist_tf.algorithm import generalist
+from generalist_tf.algorithm import callbacks, generalist
 from generalist_tf.config import Config
 
 RESULTS = "results.json"
@@ -116,7 +116,17 @@ def _train(config: Config, strategy) -> dict:
                 )
     val = exp.validation_data()
     fit_timer = fit_timer_lib.FitTimer(phases)
-    fit_callbacks = exp.callbacks(fit_timer)
+    extra = [fit_timer]
+    if chief and len(model.learner_names) > 1 and config.algorithm.communication is not None:
+        # The natural and robust EMAs of the last free window, the frontier's two ends.
+        extra.append(
+            callbacks.FreeWindowCallback(
+                os.path.join(config.runtime.workdir, callbacks.FREE_WINDOW),
+                config.algorithm.communication,
+                config.optimisation.epochs,
+            )
+        )
+    fit_callbacks = exp.callbacks(*extra)
 
     def fit(first_step: int, epochs: int, initial_epoch: int, steps: int) -> None:
         model.fit(

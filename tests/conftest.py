@@ -48,3 +48,31 @@ def batch():
     from tests import helpers_eval
 
     return helpers_eval.subset(64)
+
+
+@pytest.fixture(scope="module")
+def ends():
+    """Two digits CNNs (with BatchNorm) of one architecture, the frontier's two ends: the fitted
+    one and a perturbed copy whose BN statistics differ too, so every weight of an
+    interpolation is non-trivial."""
+    import numpy as np
+
+    from generalist_tf import tradeoff
+    from generalist_tf.algorithm import mixing
+    from tests import helpers_eval
+
+    robust = helpers_eval.fitted()
+    natural = tradeoff.copy_network(robust)
+    rng = np.random.default_rng(1)
+    for w in mixing.mixable_weights(natural):
+        w.assign(w.numpy() + rng.normal(scale=0.05, size=w.shape).astype(np.float32) + 0.01)
+    return robust, natural
+
+
+@pytest.fixture(scope="module")
+def split():
+    """(validation, test): 64 test digits each, disjoint."""
+    from tests import helpers_eval
+
+    x, y = helpers_eval.subset(128)
+    return (x[:64], y[:64]), (x[64:], y[64:])

@@ -358,7 +358,7 @@ LAYERS = (
     (
         "application",
         ("evaluation/commands", "api", "checkpoints", "cli", "config/", "export")
-        + ("experiment", "init_from", "main", "model_card", "train", "workdir"),
+        + ("experiment", "init_from", "main", "model_card", "tradeoff", "train", "workdir"),
     ),
     ("experiments", ("experiments/",)),
 )

@@ -45,3 +45,29 @@ def test_resolved_flags_are_the_command_s_values_without_where_it_writes(monkeyp
     flags = ledger.resolved_flags(["--flagfile=flags/smoke.cfg", "--epochs=7", "--workdir=/x"])
     assert flags["epochs"] == "--epochs=7" and "workdir" not in flags
     assert set(flags) == set(ledger.defaults())
+
+
+def test_kept_models_are_copied_beside_the_ledger_with_their_hash(tmp_path):
+    import hashlib
+
+    workdir = tmp_path / "run"
+    (workdir / "free_window").mkdir(parents=True)
+    (workdir / "export.keras").write_bytes(b"G")
+    (workdir / "free_window" / "natural.keras").write_bytes(b"natural EMA")
+    from generalist_tf.experiments import repro_runs
+
+    path = str(tmp_path / "repo" / "RESULTS_x.json")
+    kept = ledger.keep_models(path, "generalist_d", 2, repro_runs.kept_model_files(str(workdir)))
+    assert kept == {
+        "exported": {
+            "path": "models/RESULTS_x/generalist_d_seed2.keras",
+            "sha256": hashlib.sha256(b"G").hexdigest(),
+        },
+        "free_window_natural": {
+            "path": "models/RESULTS_x/generalist_d_seed2_free_window_natural.keras",
+            "sha256": hashlib.sha256(b"natural EMA").hexdigest(),
+        },
+    }
+    assert (tmp_path / "repo" / kept["exported"]["path"]).read_bytes() == b"G"
+    # A run without an export keeps nothing (and fails nothing).
+    assert ledger.keep_models(path, "x", 0, {"exported": str(tmp_path / "none.keras")}) == {}

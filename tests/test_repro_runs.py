@@ -87,3 +87,25 @@ def test_only_runs_recorded_with_a_report_are_reusable(tmp_path):
     assert repro_runs.reusable(root) == {("pgd_at", 0): 12.0}
     assert repro_runs.recorded_commits(root) == {("pgd_at", 0): "abc", ("trades", 0): ""}
     assert repro_runs.reusable(str(tmp_path / "nothing")) == {}
+
+
+def test_a_run_trained_without_the_suite_is_reusable_from_its_results(tmp_path):
+    root = str(tmp_path)
+    workdir = repro_runs.run_dir(root, "ref_trades_beta1", 0)
+    os.makedirs(workdir)
+    with open(tmp_path / "runs.json", "w") as f:
+        json.dump(
+            [
+                {
+                    "label": "ref_trades_beta1",
+                    "seed": 0,
+                    "seconds": 3.0,
+                    "metrics": {"exported_clean": 0.8},
+                }
+            ],
+            f,
+        )
+    assert repro_runs.reusable(root) == {}  # no results.json yet
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        f.write("{}")
+    assert repro_runs.reusable(root) == {("ref_trades_beta1", 0): 3.0}

@@ -7,6 +7,7 @@ always `keras_epoch + 1`.
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 from absl import logging
@@ -160,3 +161,51 @@ class NaNGuard(keras.callbacks.Callback):
                     f"{key} is {float(value)} at epoch {self._epoch + 1} step {batch + 1}; "
                     "training stopped and the last good checkpoint is kept"
                 )
+
+
+FREE_WINDOW = "free_window"
+
+
+class FreeWindowCallback(keras.callbacks.Callback):
+    """Keeps every learner's EMA as it stands at the end of each free window.
+
+    Contract:
+      * `on_epoch_begin` of a communication epoch that follows a free one (no redistribution in
+        the epoch before) writes each learner's EMA to `<directory>/<learner>.keras` and the
+        window's last epoch to `<directory>/epoch.json`, replacing the previous window's. Runs
+        before the epoch's first step, so before its redistribution: when training ends, the
+        files hold the last free window before the final redistribution (at the end of training
+        the learners equal G, so their final EMAs are one network, not two).
+      * Reads: `model.learners` and their `ema_network`s. Writes only files.
+      * The frontier (`generalist_tf.tradeoff`) interpolates between these networks.
+
+    Args:
+      directory: where the `.keras` files go (created).
+      communication: the run's `schedules.Communication` (None: never fires).
+      epochs: total number of epochs.
+    """
+
+    def __init__(self, directory: str, communication, epochs: int):
+        super().__init__()
+        self.directory = directory
+        self.communication = communication
+        self.epochs = epochs
+
+    def _communicates(self, epoch: int) -> bool:
+        return epoch >= 1 and self.communication.is_communication_epoch(epoch, self.epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        e = epoch + 1
+        if self.communication is None or not self._communicates(e) or self._communicates(e - 1):
+            return
+        from generalist_tf import files
+
+        os.makedirs(self.directory, exist_ok=True)
+        for learner in self.model.learners:
+            path = os.path.join(self.directory, f"{learner.name}.keras")
+            with files.staged(path) as staging:  # a finished file is replaced only by a whole one
+                learner.ema_network.save(staging, overwrite=True)
+        files.write_json(
+            os.path.join(self.directory, "epoch.json"),
+            {"last_free_epoch": e - 1, "learners": list(self.model.learner_names)},
+        )

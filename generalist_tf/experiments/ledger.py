@@ -11,8 +11,11 @@ overrides or a new protocol retrain the run); the table is always computed from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
+import shutil
 import subprocess
 
 from absl import flags
@@ -110,3 +113,55 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def models_dir(ledger_path: str) -> str:
+    """Where the models of the ledger at `ledger_path` are kept: `models/<ledger name>/` beside it."""
+    stem = os.path.splitext(os.path.basename(ledger_path))[0]
+    return os.path.join(os.path.dirname(ledger_path), "models", stem)
+
+
+def sha256(path: str) -> str:
+    """The SHA-256 of the file at `path`, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def keep_models(ledger_path: str, label: str, seed: int, sources: dict[str, str]) -> dict:
+    """Copies a run's models next to the ledger; returns {role: {"path", "sha256"}}.
+
+    `sources` maps a role (`exported`, or a free-window EMA's name) to a `.keras` file in the
+    run's workdir. Each is kept as `models/<ledger>/<label>_seed<seed>[_<role>].keras` (the
+    exported G without a suffix), the path relative to the ledger's directory, so a later session
+    re-scores it without training. A missing source is skipped.
+    """
+    kept = {}
+    folder = models_dir(ledger_path)
+    for role, source in sources.items():
+        if not os.path.exists(source):
+            continue
+        suffix = "" if role == "exported" else f"_{role}"
+        target = os.path.join(folder, f"{label}_seed{seed}{suffix}.keras")
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(source, target + ".tmp")
+        os.replace(target + ".tmp", target)
+        kept[role] = {
+            "path": os.path.relpath(target, os.path.dirname(ledger_path) or "."),
+            "sha256": sha256(target),
+        }
+    return kept
+
+
+def machine() -> str:
+    """The CPU model (a recorded row repeats to the last digit only on the model that ran it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -26,6 +26,7 @@ from absl import app, flags, logging
 
 from generalist_tf.experiments.repro_runs import (
     command,
+    kept_model_files,
     read_metrics,
     recorded_commits,
     reusable,
@@ -126,9 +127,13 @@ def run_plan(
             json.dump([dataclasses.asdict(results[i]) for i in sorted(results)], f, indent=1)
         for i in sorted(set(results) - from_ledger) if ledger_path else ():
             run = results[i]
+            workdir = run_dir(root, run.label, run.seed)
+            kept = ledger.keep_models(ledger_path, run.label, run.seed, kept_model_files(workdir))
             ledger.upsert(
                 ledger_path,
                 {
+                    "models": kept,
+                    "cpu": ledger.machine(),
                     "label": run.label,
                     "seed": run.seed,
                     "method": plan[i][1],

@@ -68,7 +68,7 @@ def run_one(
     resumed = not restart and os.path.isdir(os.path.join(workdir, "checkpoints"))
     start = time.time()
     result = subprocess.run(
-        command(method, {**flags_, "final_eval": "true"}, suite), capture_output=True, text=True
+        command(method, {"final_eval": "true", **flags_}, suite), capture_output=True, text=True
     )
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["(no output)"]
@@ -88,18 +88,25 @@ def read_metrics(workdir: str) -> dict:
     from generalist_tf import train
     from generalist_tf.evaluation import writers
 
-    with open(os.path.join(workdir, writers.REPORT_JSON)) as f:
-        report = json.load(f)
     with open(os.path.join(workdir, train.RESULTS)) as f:
         results = json.load(f)
     test = results["test"]
+    suite = {}
+    report_path = os.path.join(workdir, writers.REPORT_JSON)
+    if os.path.exists(report_path):  # absent for a run trained with --nofinal_eval
+        with open(report_path) as f:
+            report = json.load(f)
+        suite = {
+            "clean": report["clean_accuracy"],
+            "pgd20_linf": report["attacks"]["pgd20_linf"]["accuracy"],
+            "worst_linf": report["worst_case"]["linf"],
+            "worst_l2": report["worst_case"]["l2"],
+            "union": report["union_accuracy"],
+            "suite_examples": report.get("num_examples", 0),
+        }
     return {
-        "clean": report["clean_accuracy"],
-        "pgd20_linf": report["attacks"]["pgd20_linf"]["accuracy"],
-        "worst_linf": report["worst_case"]["linf"],
-        "worst_l2": report["worst_case"]["l2"],
-        "union": report["union_accuracy"],
-        "alarms": report["alarms"],
+        **suite,
+        "alarms": report["alarms"] if suite else [],
         # Validation-time PGD-20 (test_step) of the exported and of the last G, on the test split.
         "best_epoch": results["best_epoch"],
         "epochs": results["epochs"],
@@ -107,7 +114,6 @@ def read_metrics(workdir: str) -> dict:
         "exported_pgd20": test["best/pgd_accuracy"],
         "last_clean": test["global/clean_accuracy"],
         "last_pgd20": test["global/pgd_accuracy"],
-        "suite_examples": report.get("num_examples", 0),
     }
 
 
@@ -130,12 +136,31 @@ def recorded_commits(root: str) -> dict[tuple[str, int], str]:
 
 def reusable(root: str) -> dict[tuple[str, int], float]:
     """(label, seed) -> seconds of the runs a previous invocation finished under `root`."""
+    from generalist_tf import train
     from generalist_tf.evaluation import writers
 
     done = {}
     for entry in _recorded(root):
         label = entry.get("label", entry.get("method"))
         workdir = run_dir(root, label, entry["seed"])
-        if os.path.exists(os.path.join(workdir, writers.REPORT_JSON)):
+        # A run trained without the suite (`final_eval` false) is finished with its results.
+        metrics = entry.get("metrics", {})
+        finished = train.RESULTS if metrics and "worst_linf" not in metrics else writers.REPORT_JSON
+        if os.path.exists(os.path.join(workdir, finished)):
             done[(label, entry["seed"])] = entry["seconds"]
     return done
+
+
+def kept_model_files(workdir: str) -> dict[str, str]:
+    """The `.keras` files of a finished run that the ledger keeps: role -> path.
+
+    `exported`: the exported G; for Generalist runs also the free-window EMAs that
+    `frontier` interpolates (`<workdir>/free_window/<learner>.keras`, when the run wrote them).
+    """
+    files_ = {"exported": os.path.join(workdir, "export.keras")}
+    folder = os.path.join(workdir, "free_window")
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".keras"):
+                files_[f"free_window_{name[: -len('.keras')]}"] = os.path.join(folder, name)
+    return files_

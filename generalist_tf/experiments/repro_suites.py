@@ -137,6 +137,32 @@ ABLATIONS = {
 }
 
 
+# The reference trade-off frontier (single seed): the baselines along their own knobs, each
+# trained like its method's row but without the attack suite (`final_eval` false): the frontier
+# evaluator scores every kept model alike (`models/<suite>/<label>_seed<seed>.keras`), so the
+# points can be re-scored at any budget without training. Every radius is evaluated at the
+# suite's `--eval_epsilon_linf`; the training step stays epsilon / 4.
+def _pgd_at_radius(epsilon: float) -> dict:
+    return {"epsilon": epsilon, "step_size": epsilon / 4, "final_eval": "false"}
+
+
+REFERENCE_FRONTIER = {
+    "ref_standard": ("Standard training (frontier end)", "standard", {"final_eval": "false"}),
+    "ref_pgd_at_eps0.1": ("PGD-AT, l_inf 0.1", "pgd_at", _pgd_at_radius(0.1)),
+    "ref_pgd_at_eps0.075": ("PGD-AT, l_inf 0.075", "pgd_at", _pgd_at_radius(0.075)),
+    "ref_pgd_at_eps0.05": ("PGD-AT, l_inf 0.05", "pgd_at", _pgd_at_radius(0.05)),
+    **{
+        f"ref_trades_beta{beta}": (
+            f"TRADES, beta {beta}",
+            "trades",
+            {"trades_beta": beta, "final_eval": "false"},
+        )
+        for beta in (1, 3, 6, 12)
+    },
+}
+ABLATIONS.update(REFERENCE_FRONTIER)
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One trained and evaluated run; `label` is the method or the ablation's key."""
