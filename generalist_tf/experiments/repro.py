@@ -119,6 +119,7 @@ def run_plan(
             command=run_command(method, seed, suite, extras[i]),
             commit=entry.get("commit", ""),
             resumed=entry.get("resumed", False),
+            cpu=entry.get("cpu", ""),
         )
         from_ledger.add(i)
 
@@ -133,7 +134,7 @@ def run_plan(
                 ledger_path,
                 {
                     "models": kept,
-                    "cpu": ledger.machine(),
+                    "cpu": run.cpu or ledger.machine(),
                     "label": run.label,
                     "seed": run.seed,
                     "method": plan[i][1],
@@ -174,7 +175,9 @@ def run_plan(
                 failures.append(e)
                 logging.error("%s", e)
                 continue
-            run = dataclasses.replace(run, ended=time.time() - start, commit=tree)
+            run = dataclasses.replace(
+                run, ended=time.time() - start, commit=tree, cpu=ledger.machine()
+            )
             results[futures[future]] = run
             logging.warning(
                 "%s seed %d: %s (%.0f s)", run.label, run.seed, run.metrics, run.seconds

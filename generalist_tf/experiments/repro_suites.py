@@ -179,3 +179,5 @@ class Run:
     commit: str = ""
     # Resumed from an earlier invocation's checkpoint: `seconds` then counts only the last one.
     resumed: bool = False
+    # The CPU model that ran it (`ledger.machine`; "" if not recorded).
+    cpu: str = ""

@@ -7,9 +7,11 @@ import os
 import platform
 import statistics
 
+from generalist_tf.experiments import repro_frontier
 from generalist_tf.experiments.repro_suites import (
     ABLATIONS,
     COLUMNS,
+    REFERENCE_FRONTIER,
     SELECTION_COLUMNS,
     SUITES,
     Run,
@@ -238,7 +240,9 @@ def run_rows(runs: list[Run]) -> list[str]:
         "|" + "---|" * (len(names) + 5),
     ]
     for r in runs:
-        cells = " | ".join(f"{100 * r.metrics[key]:.2f}" for key, _ in COLUMNS)
+        cells = " | ".join(
+            f"{100 * r.metrics[key]:.2f}" if key in r.metrics else "-" for key, _ in COLUMNS
+        )
         tree = r.commit[:10] + ("+dirty" if r.commit.endswith("+dirty") else "") or "-"
         seconds = f"{r.seconds:.0f}" + (" (resumed: last part only)" if r.resumed else "")
         lines.append(f"| {r.label} | {r.seed} | {cells} | {seconds} | {tree} | `{r.command}` |")
@@ -283,6 +287,9 @@ def write_results(
     from generalist_tf.evaluation import plots
 
     spec = SUITES[suite]
+    # The reference-frontier runs have no suite columns: their own section, not the ablations'.
+    frontier_runs = [r for r in ablation_runs if r.label in REFERENCE_FRONTIER]
+    ablation_runs = [r for r in ablation_runs if r.label not in REFERENCE_FRONTIER]
     if spec.table_columns_from_full_split:
         runs, ablation_runs = (
             [_full_split_columns(r) for r in group] for group in (runs, ablation_runs)
@@ -339,13 +346,19 @@ def write_results(
             *ablation_reading(runs, list(ablation_runs)),
             "",
         ]
+    frontier_plot = (
+        "frontier_" + spec.plot.split("_", 1)[-1] if "_" in spec.plot else "frontier.png"
+    )
+    drift_path = os.path.join(os.path.dirname(path), drift_file(spec))
+    frontier_lines = repro_frontier.section([*runs, *frontier_runs], drift_path, frontier_plot)
+    text += frontier_lines
     text += [
         "## Every run",
         "",
         "Each row is one fresh process running the command beside it from the repository root "
         "(plus `--workdir`); with `--deterministic` the command repeats the row on this machine.",
         "",
-        *run_rows([*runs, *ablation_runs]),
+        *run_rows([*runs, *ablation_runs, *frontier_runs]),
         "",
         "## Gradient-masking alarms raised",
         "",
@@ -356,6 +369,10 @@ def write_results(
     ]
     with open(path, "w") as f:
         f.write("\n".join(text))
+    if frontier_lines:
+        repro_frontier.plot(
+            [*runs, *frontier_runs], drift_path, os.path.join(os.path.dirname(path), frontier_plot)
+        )
     points = {m: (c["clean"][0] / 100, c["worst_linf"][0] / 100) for m, c in table.items()}
     spread = {m: (c["clean"][1] / 100, c["worst_linf"][1] / 100) for m, c in table.items()}
     plots.plot_tradeoff(
@@ -384,3 +401,8 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def drift_file(spec) -> str:
+    """The drift experiment's record beside a suite's ledger (`RESULTS_<suite>_drift.json`)."""
+    return (spec.ledger or spec.results).rsplit(".", 1)[0] + "_drift.json"

@@ -1,0 +1,203 @@
+"""The drift experiment: how far must the natural learner move for Generalist to beat the frontier?
+
+    python -m generalist_tf.experiments.drift --model=models/RESULTS_fashion_mnist/ref_pgd_at_eps0.1_seed0.keras \
+        --protocol=flags/fashion_mnist_generalist_d.cfg --out=runs/drift
+
+Between two redistributions Generalist's natural learner is a natural fine-tune of the network
+it was handed, and G is an interpolation of it with the robust EMA. This driver measures that
+mechanism on its own: from a robust export, natural fine-tunes of S steps (`--steps`) at the
+protocol's free-window learning rate times each of `--lr_multipliers`, each swept from lambda 0
+to 1 by `generalist_tf.tradeoff` (validation and test split, PGD-`--eval_num_steps`). Every
+curve is compared with the reference frontier of the ledger's seed-0 baselines (their exported
+G: clean and PGD-20 on the whole test split): the clean accuracy it gains at the robust
+accuracy of `--at_label`'s point, and the largest gain along the curve. Writes
+`<out>/drift.json` (finished curves are kept and reused by the next invocation) and
+`<out>/drift.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    f = flag_values
+    flags.DEFINE_string(
+        "model", None, "The robust export (.keras, export or workdir).", flag_values=f
+    )
+    flags.DEFINE_string(
+        "protocol", None, "The run's flagfile (data, schedule, evaluation).", flag_values=f
+    )
+    flags.DEFINE_string("out", None, "Output directory.", flag_values=f)
+    flags.DEFINE_list("steps", ["40", "160", "640", "2560"], "Fine-tune steps S.", flag_values=f)
+    flags.DEFINE_list(
+        "lr_multipliers", ["1", "4"], "Multiples of the free-window learning rate.", flag_values=f
+    )
+    flags.DEFINE_integer("points", 11, "Interpolation weights per curve.", flag_values=f)
+    flags.DEFINE_integer(
+        "test_examples", 0, "Test images per point (fixed subset; 0: all).", flag_values=f
+    )
+    flags.DEFINE_string(
+        "ledger",
+        "RESULTS_fashion_mnist.json",
+        "The ledger of the reference frontier.",
+        flag_values=f,
+    )
+    flags.DEFINE_string(
+        "at_label",
+        "ref_pgd_at_eps0.1",
+        "The ledger run whose robust accuracy the gain is read at.",
+        flag_values=f,
+    )
+
+
+# The baselines that make the reference frontier: standard training, PGD-AT at every training
+# radius and TRADES at every beta (seed 0), the ledger's rows and the reference runs.
+REFERENCE_LABELS = ("standard", "pgd_at", "trades")
+
+
+def reference_points(entries: list[dict], seed: int = 0) -> dict[str, tuple[float, float]]:
+    """label -> (test clean, test PGD-20) of the exported G of every reference run of `seed`."""
+    points = {}
+    for entry in entries:
+        label, m = entry["label"], entry["metrics"]
+        base = label[4:] if label.startswith("ref_") else label
+        if entry["seed"] == seed and base.split("_beta")[0].split("_eps")[0] in REFERENCE_LABELS:
+            points[label] = (m["exported_clean"], m["exported_pgd20"])
+    return points
+
+
+def free_window_learning_rate(cfg) -> float:
+    """The mean learning rate of the protocol's first free window (the epochs after the first
+    redistribution epoch, up to the next one): what the natural learner trains at there."""
+    communication, opt = cfg.algorithm.communication, cfg.optimisation
+    if communication is None:
+        raise ValueError("--protocol has no redistribution, so no free window")
+    first = next(
+        e for e in range(1, opt.epochs + 1) if communication.is_communication_epoch(e, opt.epochs)
+    )
+    window = [first + k for k in range(1, communication.period)]
+    return sum(opt.learning_rate(e, opt.epochs) for e in window) / len(window)
+
+
+def curve_summary(points: list[dict], reference: list[tuple[float, float]], at: float) -> dict:
+    """The gain at robust accuracy `at` and the largest gain along the curve (clean points)."""
+    from generalist_tf import tradeoff
+
+    curve = [(p["test_clean"], p["test_pgd"]) for p in points]
+    levels = sorted({r for _, r in curve} | {r for _, r in reference})
+    gains = [(g, r) for r in levels if (g := tradeoff.gain_at(curve, reference, r)) is not None]
+    best = max(gains, default=(None, None))
+    return {
+        "gain_at_reference": tradeoff.gain_at(curve, reference, at),
+        "largest_gain": best[0],
+        "largest_gain_at": best[1],
+    }
+
+
+def main(argv):
+    del argv
+    from generalist_tf import cli, config, data, init_from, tradeoff
+    from generalist_tf.experiments import ledger
+
+    try:
+        if not (FLAGS.model and FLAGS.protocol and FLAGS.out):
+            raise ValueError("--model, --protocol and --out are required")
+        values = cli.parse(
+            f"--flagfile={os.path.abspath(FLAGS.protocol)}", f"--workdir={FLAGS.out}"
+        )
+        cfg = config.from_flags(values.flag_values_dict())
+        base_lr = free_window_learning_rate(cfg)
+        steps = [int(s) for s in FLAGS.steps]
+        multipliers = [float(m) for m in FLAGS.lr_multipliers]
+        entries = ledger.read(FLAGS.ledger)
+        reference = reference_points(entries)
+        if FLAGS.at_label not in reference:
+            raise ValueError(
+                f"--at_label={FLAGS.at_label}: not a seed-0 run of --ledger={FLAGS.ledger}"
+            )
+        robust = init_from.load_network(FLAGS.model, "--model")
+        arrays = data.load(cfg.data.dataset, data_dir=cfg.data.data_dir)
+    except (ValueError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    os.makedirs(FLAGS.out, exist_ok=True)
+    path = os.path.join(FLAGS.out, "drift.json")
+    record = json.load(open(path)) if os.path.exists(path) else {"curves": {}}
+    record.update(
+        model=FLAGS.model,
+        model_sha256=ledger.sha256(init_from._keras_file(FLAGS.model)),  # noqa: SLF001
+        protocol=FLAGS.protocol,
+        free_window_learning_rate=base_lr,
+        reference=reference,
+        at_label=FLAGS.at_label,
+        cpu=ledger.machine(),
+    )
+    at = reference[FLAGS.at_label][1]
+    evaluation = cfg.evaluation
+    validation = data.eval_subset(arrays.x_val, arrays.y_val, evaluation.val_examples)
+    test = data.eval_subset(arrays.x_test, arrays.y_test, FLAGS.test_examples or None)
+    for multiplier in multipliers:
+        for s in steps:
+            key = f"S{s}_lr{multiplier:g}x"
+            if key in record["curves"]:
+                continue
+            start = time.time()
+            lr = base_lr * multiplier
+            natural = tradeoff.fine_tune(
+                robust,
+                data.train_dataset(
+                    arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
+                ),
+                steps=s,
+                learning_rate=lr,
+                momentum=cfg.optimisation.momentum,
+                weight_decay=cfg.optimisation.natural_weight_decay,
+                seed=cfg.runtime.seed,
+            )
+            tuned = time.time() - start
+            curve = tradeoff.run(
+                robust,
+                natural,
+                validation=validation,
+                test=test,
+                attack=evaluation.eval_attack,
+                out=os.path.join(FLAGS.out, key),
+                points=FLAGS.points,
+                baselines=reference,
+                batch_size=evaluation.eval_batch_size,
+            )
+            record["curves"][key] = {
+                "steps": s,
+                "learning_rate": lr,
+                "multiplier": multiplier,
+                "drift": s * lr,
+                "points": curve["points"],
+                "seconds": {"fine_tune": tuned, "total": time.time() - start},
+                **curve_summary(curve["points"], list(reference.values()), at),
+            }
+            with open(path + ".tmp", "w") as f:
+                json.dump(record, f, indent=1)
+            os.replace(path + ".tmp", path)
+            c = record["curves"][key]
+            logging.warning(
+                "%s: drift %.2f, gain at %.4f: %s, largest %s (%.0f s)",
+                key,
+                c["drift"],
+                at,
+                c["gain_at_reference"],
+                c["largest_gain"],
+                c["seconds"]["total"],
+            )
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

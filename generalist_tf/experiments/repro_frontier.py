@@ -1,0 +1,196 @@
+"""The frontier section of a reproduction's results: reference frontier, drift curves, verdict.
+
+Every point is the exported G's clean and PGD-20 accuracy on the whole test split (training's
+final table; the frontier command and the drift driver score their points the same way), so
+the reference runs, the drift curves and Generalist's G are compared on one axis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from generalist_tf import tradeoff
+from generalist_tf.experiments.repro_suites import REFERENCE_FRONTIER, Run
+
+# The ledger's main-table rows that are reference points too (seed 0).
+TABLE_REFERENCES = {
+    "standard": "Standard training",
+    "pgd_at": "PGD-AT, l_inf 0.1 (the table's row)",
+    "trades": "TRADES, beta 6 (the table's row)",
+}
+
+
+def reference_runs(runs: list[Run], seed: int = 0) -> list[tuple[str, Run]]:
+    """(description, run) of every reference point of `seed`: the reference-frontier runs and
+    the main table's standard, PGD-AT and TRADES rows."""
+    found = []
+    for run in runs:
+        if run.seed != seed:
+            continue
+        if run.label in REFERENCE_FRONTIER:
+            found.append((REFERENCE_FRONTIER[run.label][0], run))
+        elif run.label in TABLE_REFERENCES:
+            found.append((TABLE_REFERENCES[run.label], run))
+    return found
+
+
+def point(run: Run) -> tuple[float, float]:
+    return run.metrics["exported_clean"], run.metrics["exported_pgd20"]
+
+
+def section(runs: list[Run], drift_path: str, plot_name: str) -> list[str]:
+    """The markdown lines of the frontier section ([] without reference runs)."""
+    references = reference_runs(runs)
+    if not any(run.label in REFERENCE_FRONTIER for _, run in references):
+        return []
+    reference = [point(run) for _, run in references]
+    optimal = tradeoff.pareto([tradeoff.Point(0.0, c, r) for c, r in reference])
+    lines = [
+        "## The trade-off frontier",
+        "",
+        "Seed 0. Every point is an exported G: clean and PGD-20 accuracy on the whole test split "
+        "(training's final table, one random start), every radius evaluated at l_inf 0.1. "
+        "The reference runs (`ref_*`) train like their method's row but skip the attack "
+        "suite; their models are kept beside the ledger (`models/`) for re-scoring.",
+        "",
+        "| reference point | run | clean | PGD-20 l_inf | Pareto | CPU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (what, run), (clean, robust), pareto in sorted(
+        zip(references, reference, optimal), key=lambda x: -x[1][1]
+    ):
+        lines.append(
+            f"| {what} | `{run.label}` | {100 * clean:.2f} | {100 * robust:.2f} | "
+            f"{'yes' if pareto else ''} | {run.cpu or 'not recorded'} |"
+        )
+    lines += ["", *verdict_lines(runs, reference)]
+    drift = read_drift(drift_path)
+    if drift:
+        lines += ["", *drift_lines(drift)]
+    lines += ["", f"![frontier]({plot_name})", ""]
+    return lines
+
+
+def verdict_lines(runs: list[Run], reference: list[tuple[float, float]]) -> list[str]:
+    """Generalist-D's G against the reference frontier, per seed."""
+    lines = []
+    for run in sorted(runs, key=lambda r: (r.label, r.seed)):
+        if not run.label.startswith("generalist_d") or "multinorm" in run.label:
+            continue
+        clean, robust = point(run)
+        gain = tradeoff.gain_at([(clean, robust)], reference, robust)
+        reading = (
+            "beyond the reference's most robust point"
+            if gain is None
+            else f"{100 * gain:+.2f} points of clean accuracy against the frontier"
+        )
+        lines.append(
+            f"- `{run.label}` seed {run.seed}: clean {100 * clean:.2f} at PGD-20 "
+            f"{100 * robust:.2f}: {reading}."
+        )
+    return (
+        [
+            "Generalist's G against the reference frontier (clean accuracy gained at its own "
+            "PGD-20 accuracy, frontier interpolated between its Pareto points):",
+            "",
+        ]
+        + lines
+        if lines
+        else []
+    )
+
+
+def read_drift(path: str) -> dict | None:
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def drift_lines(drift: dict) -> list[str]:
+    """The drift experiment's table: one row per fine-tune."""
+    at = drift["reference"][drift["at_label"]][1]
+    lines = [
+        "### When the claim can hold: natural fine-tunes of the PGD-AT export",
+        "",
+        f"From `{drift['model']}` (sha256 {drift['model_sha256'][:12]}), natural fine-tunes of S "
+        f"steps at the protocol's free-window learning rate ({drift['free_window_learning_rate']:.4g}) "
+        "and at 4x it, each interpolated with the robust export at lambda = 0, 0.1, ..., 1 "
+        f"(`python -m generalist_tf.experiments.drift`; {drift.get('cpu', '')}). Gain: clean "
+        f"accuracy over the reference frontier at PGD-AT's PGD-20 accuracy ({100 * at:.2f}); "
+        "largest gain: the best over the curve's robust range.",
+        "",
+        "| S | learning rate | drift S x lr | gain at PGD-AT | largest gain (at PGD-20) | "
+        "natural end clean / PGD-20 | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def pts(v):
+        return "n/a" if v is None else f"{100 * v:+.2f}"
+
+    for key, c in sorted(
+        drift["curves"].items(), key=lambda kv: (kv[1]["multiplier"], kv[1]["steps"])
+    ):
+        end = c["points"][0]
+        lines.append(
+            f"| {c['steps']} | {c['learning_rate']:.4g} | {c['drift']:.3g} | "
+            f"{pts(c['gain_at_reference'])} | {pts(c['largest_gain'])}"
+            + (
+                f" (at {100 * c['largest_gain_at']:.2f})"
+                if c["largest_gain_at"] is not None
+                else ""
+            )
+            + f" | {100 * end['test_clean']:.2f} / {100 * end['test_pgd']:.2f} | "
+            f"{c['seconds']['total']:.0f} |"
+        )
+    return lines
+
+
+def plot(runs: list[Run], drift_path: str, path: str) -> None:
+    """Clean against PGD-20: the reference runs, Generalist's G, the drift curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from generalist_tf import files
+
+    figure = Figure(figsize=(7, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title("Trade-off frontier (test split, seed 0)")
+    axes.set_xlabel("PGD-20 l_inf accuracy (%)")
+    axes.set_ylabel("clean accuracy (%)")
+    axes.grid(alpha=0.3)
+    for family, marker in (("pgd_at", "s-"), ("trades", "^-")):
+        members = sorted(
+            (
+                point(run)
+                for _, run in reference_runs(runs)
+                if run.label.removeprefix("ref_").startswith(family)
+                and run.label.startswith("ref_")
+            ),
+            key=lambda p: p[1],
+        )
+        if members:
+            axes.plot(
+                [100 * r for _, r in members], [100 * c for c, _ in members], marker, label=family
+            )
+    for what, run in reference_runs(runs):
+        if run.label in TABLE_REFERENCES:
+            clean, robust = point(run)
+            axes.plot([100 * robust], [100 * clean], "kx", ms=8)
+    for run in runs:
+        if run.label == "generalist_d":
+            clean, robust = point(run)
+            axes.plot([100 * robust], [100 * clean], "r*", ms=12, label=f"Generalist-D s{run.seed}")
+    drift = read_drift(drift_path)
+    for key, c in sorted((drift or {}).get("curves", {}).items()):
+        axes.plot(
+            [100 * p["test_pgd"] for p in c["points"]],
+            [100 * p["test_clean"] for p in c["points"]],
+            ":",
+            label=f"fine-tune {key}",
+        )
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    with files.staged(path) as staging:
+        figure.savefig(staging, bbox_inches="tight")
