@@ -28,10 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 import generalist_tf
-from generalist_tf import init_from, names
+from generalist_tf import defaults, init_from
 from generalist_tf.algorithm import generalist, learners, optimizers, schedules
 from generalist_tf.algorithm.schedules import Communication  # noqa: F401 (public: gtf.Communication)
 from generalist_tf.algorithm.variants import CUSTOM, VARIANTS
+from generalist_tf.attacks import budget
 from generalist_tf.attacks.budget import Attack
 
 # The public names are listed once, in the package (`generalist_tf.__all__`), which must know
@@ -60,22 +61,33 @@ def build_generalist(
     *,
     epochs: int,
     steps_per_epoch: int,
-    variant: str = "generalist_d",
+    variant: str = defaults.VARIANT,
     tasks: Sequence[str] | None = None,
     mixing: str | Mapping[str, schedules.PiecewiseLinear] | None = None,
-    linf_attack: Attack = Attack("linf", 8 / 255, 2 / 255, 10),
-    l2_attack: Attack = Attack("l2", 0.5, 0.125, 10),
+    linf_attack: Attack = Attack(
+        "linf",
+        defaults.ratio(defaults.EPSILON),
+        defaults.ratio(defaults.STEP_SIZE),
+        defaults.NUM_STEPS,
+    ),
+    l2_attack: Attack = Attack(
+        "l2",
+        defaults.ratio(defaults.L2_EPSILON),
+        defaults.ratio(defaults.L2_STEP_SIZE),
+        defaults.L2_NUM_STEPS,
+    ),
     eval_attack: Attack | None = None,
-    learning_rate: str | schedules.PiecewiseLinear = "0:0.01,1/3:0.01,2/3:0.001,1:0.0001",
-    momentum: float = 0.9,
-    natural_weight_decay: float = 5e-4,
-    robust_weight_decay: float = 5e-4,
+    learning_rate: str | schedules.PiecewiseLinear = defaults.LEARNING_RATE,
+    momentum: float = defaults.MOMENTUM,
+    natural_weight_decay: float = defaults.NATURAL_WEIGHT_DECAY,
+    robust_weight_decay: float = defaults.ROBUST_WEIGHT_DECAY,
+    natural_lr_scale: float = defaults.NATURAL_LR_SCALE,
     optimizer_for: Callable[[str], keras.optimizers.Optimizer] | None = None,
-    trades_beta: float = 6.0,
-    ema_decay: float = 0.999,
+    trades_beta: float = defaults.TRADES_BETA,
+    ema_decay: float = defaults.EMA_DECAY,
     communication: schedules.Communication | None | str = "default",
-    select_metric: str = names.CLEAN_PLUS_PGD,
-    select_clean_floor: float = 0.0,
+    select_metric: str = defaults.SELECT_METRIC,
+    select_clean_floor: float = defaults.SELECT_CLEAN_FLOOR,
     init: str | None = None,
     seed: int = 0,
     jit_compile: str = "auto",
@@ -99,6 +111,8 @@ def build_generalist(
         epsilon/4).
       learning_rate: piecewise-linear `frac:lr,...` shared by the learners.
       momentum, natural_weight_decay, robust_weight_decay: our PyTorch-form SGD's settings.
+      natural_lr_scale: multiplies the natural learner's learning rate (its drift between
+        redistributions); 1 is Generalist's own schedule.
       optimizer_for: optional `task -> optimizer` replacing our SGD per learner.
       trades_beta: TRADES' weight.
       ema_decay: EMA ceiling alpha of d = min(alpha, (k+1)/(k+10)); 0 disables averaging.
@@ -119,25 +133,33 @@ def build_generalist(
     if variant == CUSTOM:
         if not tasks or not mixing:
             raise ValueError("variant='custom' needs tasks and mixing")
-        names, communicate = tuple(tasks), len(tasks) > 1
+        task_names, communicate = tuple(tasks), len(tasks) > 1
     elif variant in VARIANTS:
         if tasks:
             raise ValueError(f"tasks is only read with variant='custom', got variant={variant!r}")
-        names, communicate = VARIANTS[variant].learners, VARIANTS[variant].communicate
+        task_names, communicate = VARIANTS[variant].learners, VARIANTS[variant].communicate
         mixing = mixing or VARIANTS[variant].mixing
     else:
         raise ValueError(f"variant={variant!r} is unknown; choose one of {', '.join(VARIANTS)}")
-    unknown = [n for n in names if n not in learners.LEARNERS]
+    unknown = [n for n in task_names if n not in learners.LEARNERS]
     if unknown:
         raise ValueError(f"tasks: unknown {unknown}; choose from {', '.join(learners.LEARNERS)}")
     weights = schedules.parse_mixing(mixing) if isinstance(mixing, str) else dict(mixing)
-    schedules.check_mixing(weights, names, epochs, flag="mixing")
+    schedules.check_mixing(weights, task_names, epochs, flag="mixing")
     if communication == "default":
-        communication = schedules.Communication(0.625, 5, "every_batch") if communicate else None
+        communication = (
+            schedules.Communication(
+                defaults.COMMUNICATION_START,
+                defaults.COMMUNICATION_PERIOD,
+                defaults.COMMUNICATION_MODE,
+            )
+            if communicate
+            else None
+        )
     elif not communicate:
         communication = None
     if eval_attack is None:
-        eval_attack = Attack("linf", linf_attack.epsilon, linf_attack.epsilon / 4, 20)
+        eval_attack = budget.validation_attack(linf_attack.epsilon)
 
     keras.utils.set_random_seed(seed)
     global_network = build_network()
@@ -159,8 +181,13 @@ def build_generalist(
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
     )
+    natural_lr = optimizers.EpochSchedule(
+        schedules.scaled(learning_rate, natural_lr_scale, "natural_lr_scale"),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
     base_learners = []
-    for index, task in enumerate(names):
+    for index, task in enumerate(task_names):
         kwargs = {}
         if task == "trades":
             kwargs["beta"] = trades_beta
@@ -177,10 +204,11 @@ def build_generalist(
             **kwargs,
         )
         decay = natural_weight_decay if task == "natural" else robust_weight_decay
+        rate = natural_lr if task == "natural" else lr
         optimizer = (
             optimizer_for(task)
             if optimizer_for
-            else optimizers.CoupledSGD(lr, momentum=momentum, l2=decay, name=f"{task}_sgd")
+            else optimizers.CoupledSGD(rate, momentum=momentum, l2=decay, name=f"{task}_sgd")
         )
         learner.compile(optimizer=optimizer)
         # Build the slots now, in the strategy scope: no variable is created while training.
@@ -274,9 +302,9 @@ def frontier(
     natural_data: tf.data.Dataset | None = None,
     natural_steps: int = 0,
     natural_learning_rate: float = 0.0,
-    momentum: float = 0.9,
-    natural_weight_decay: float = 5e-4,
-    num_steps: int = 20,
+    momentum: float = defaults.MOMENTUM,
+    natural_weight_decay: float = defaults.NATURAL_WEIGHT_DECAY,
+    num_steps: int = defaults.EVAL_NUM_STEPS,
     points: int = 11,
     operating_point: str | None = None,
     worst_case=None,
@@ -322,7 +350,7 @@ def frontier(
         natural,
         validation=_as_arrays(validation),
         test=_as_arrays(test),
-        attack=Attack("linf", epsilon, epsilon / 4, num_steps),
+        attack=budget.validation_attack(epsilon, num_steps),
         out=out,
         points=points,
         operating_point=operating_point,

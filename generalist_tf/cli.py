@@ -10,7 +10,7 @@ import os
 
 from absl import flags
 
-from generalist_tf import config, files, names
+from generalist_tf import config, defaults, files
 
 # The repository root: flagfiles name their nested flagfiles relative to it (`flags/...`).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     # Algorithm.
     string(
         "variant",
-        "generalist_d",
+        defaults.VARIANT,
         "generalist_d, generalist_d_multinorm, generalist_t, standard, pgd_at, trades, avg, max, msd, or custom.",
     )
     string(
@@ -94,17 +94,25 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     floating(
         "ema_decay",
-        0.999,
+        defaults.EMA_DECAY,
         "EMA ceiling alpha of d = min(alpha, (k+1)/(k+10)); 0 disables averaging.",
     )
     string(
         "communication_start",
-        "0.625",
+        str(defaults.COMMUNICATION_START),
         "First redistribution epoch as a fraction of --epochs (official 75/120).",
     )
-    integer("communication_period", 5, "Redistribute in epochs e >= start with e % period == 0.")
-    string("communication_mode", "every_batch", "every_batch (official), once_per_period, or none.")
-    floating("trades_beta", 6.0, "TRADES robustness weight.")
+    integer(
+        "communication_period",
+        defaults.COMMUNICATION_PERIOD,
+        "Redistribute in epochs e >= start with e % period == 0.",
+    )
+    string(
+        "communication_mode",
+        defaults.COMMUNICATION_MODE,
+        "every_batch (official), once_per_period, or none.",
+    )
+    floating("trades_beta", defaults.TRADES_BETA, "TRADES robustness weight.")
     # Optimisation.
     integer("epochs", 120, "Number of epochs.")
     integer(
@@ -116,23 +124,31 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     integer("batch_size", 128, "Global batch size (split across replicas).")
     string(
         "learning_rate",
-        "0:0.01,1/3:0.01,2/3:0.001,1:0.0001",
+        defaults.LEARNING_RATE,
         "Piecewise-linear learning rate 'frac:lr,...' in fractions of --epochs, at the integer epoch.",
     )
-    floating("momentum", 0.9, "SGD momentum (PyTorch form).")
-    floating("natural_weight_decay", 5e-4, "Coupled L2 of the natural learner.")
+    floating("momentum", defaults.MOMENTUM, "SGD momentum (PyTorch form).")
+    floating(
+        "natural_weight_decay", defaults.NATURAL_WEIGHT_DECAY, "Coupled L2 of the natural learner."
+    )
+    floating(
+        "natural_lr_scale",
+        defaults.NATURAL_LR_SCALE,
+        "Multiplies the natural learner's learning rate (its drift between redistributions; "
+        "Generalist's own schedule: 1).",
+    )
     floating(
         "robust_weight_decay",
-        3.5e-3,
+        defaults.ROBUST_WEIGHT_DECAY,
         "Coupled L2 of every adversarial learner (ResNet-18: 3.5e-3, WRN: 7e-4).",
     )
     # Training attacks.
-    string("epsilon", "8/255", "l_inf training radius (images in [0, 1]; ratios allowed).")
-    string("step_size", "2/255", "l_inf training PGD step.")
-    integer("num_steps", 10, "l_inf training PGD steps (exact).")
-    string("l2_epsilon", "0.5", "l_2 training radius.")
-    string("l2_step_size", "0.125", "l_2 training PGD step.")
-    integer("l2_num_steps", 10, "l_2 training PGD steps (exact).")
+    string("epsilon", defaults.EPSILON, "l_inf training radius (images in [0, 1]; ratios allowed).")
+    string("step_size", defaults.STEP_SIZE, "l_inf training PGD step.")
+    integer("num_steps", defaults.NUM_STEPS, "l_inf training PGD steps (exact).")
+    string("l2_epsilon", defaults.L2_EPSILON, "l_2 training radius.")
+    string("l2_step_size", defaults.L2_STEP_SIZE, "l_2 training PGD step.")
+    integer("l2_num_steps", defaults.L2_NUM_STEPS, "l_2 training PGD steps (exact).")
     # Evaluation.
     string(
         "eval_epsilon_linf",
@@ -146,7 +162,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     integer(
         "eval_num_steps",
-        20,
+        defaults.EVAL_NUM_STEPS,
         "Steps of the l_inf PGD of validation and the final table (exact; step eps/4).",
     )
     integer("eval_batch_size", 256, "Evaluation batch size.")
@@ -164,14 +180,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     string(
         "select_metric",
-        names.CLEAN_PLUS_PGD,
+        defaults.SELECT_METRIC,
         "Validation score that selects the exported G (never the test split): clean_plus_pgd "
         "(official: clean + PGD accuracy of G), pgd, clean, or an epoch-log key like "
         "val_global/pgd_accuracy.",
     )
     floating(
         "select_clean_floor",
-        0.0,
+        defaults.SELECT_CLEAN_FLOOR,
         "Epochs whose validation clean accuracy of G reaches this floor always beat those below "
         "it (official CIFAR-10: 0.88); 0: no floor.",
     )

@@ -89,6 +89,7 @@ def build_model(config: Config, build_network, steps_per_epoch: int) -> generali
         learning_rate=config.optimisation.learning_rate,
         momentum=config.optimisation.momentum,
         natural_weight_decay=config.optimisation.natural_weight_decay,
+        natural_lr_scale=config.optimisation.natural_lr_scale,
         robust_weight_decay=config.optimisation.robust_weight_decay,
         trades_beta=config.algorithm.trades_beta,
         ema_decay=config.algorithm.ema_decay,

@@ -92,8 +92,13 @@ def export_keras(network, path: str) -> None:
         network.save(staging, overwrite=True)
 
 
-def load_serving(path: str):
+def load_serving(path: str, argument: str = "model"):
     """Loads an exported model; returns a function `images -> logits`.
+
+    Args:
+      path: the SavedModel directory.
+      argument: how the caller names `path` in errors (`model` from Python; the command line
+        passes its flag, `--model` or `--surrogate`).
 
     Raises:
       ValueError: `path` is not a SavedModel with the `serving_default` signature.
@@ -102,16 +107,16 @@ def load_serving(path: str):
         loaded = tf.saved_model.load(path)
     except (OSError, IOError, ValueError) as e:
         raise ValueError(
-            f"--model={path}: not a readable SavedModel ({type(e).__name__})"
+            f"{argument}={path}: not a readable SavedModel ({type(e).__name__})"
         ) from None
     signatures = getattr(loaded, "signatures", {})
     if SIGNATURE not in signatures:
-        raise ValueError(f"--model={path}: SavedModel has no {SIGNATURE!r} signature")
+        raise ValueError(f"{argument}={path}: SavedModel has no {SIGNATURE!r} signature")
     serve = signatures[SIGNATURE]
     _, inputs = serve.structured_input_signature
     if len(inputs) != 1 or len(serve.structured_outputs) != 1:
         raise ValueError(
-            f"--model={path}: {SIGNATURE!r} must take one image tensor and return one logits "
+            f"{argument}={path}: {SIGNATURE!r} must take one image tensor and return one logits "
             f"tensor, got inputs {sorted(inputs)} and outputs {sorted(serve.structured_outputs)}"
         )
     input_name = next(iter(inputs))

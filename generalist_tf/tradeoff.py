@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from generalist_tf import defaults
 from generalist_tf.algorithm import learners, mixing, optimizers
 from generalist_tf.attacks import budget, projected
 from generalist_tf.attacks.classifier import as_classifier
@@ -191,8 +192,8 @@ def fine_tune(
     *,
     steps: int,
     learning_rate: float,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
+    momentum: float = defaults.MOMENTUM,
+    weight_decay: float = defaults.NATURAL_WEIGHT_DECAY,
     seed: int = 0,
 ) -> keras.Model:
     """A copy of `network` trained `steps` steps on clean images: the natural learner's free window.
@@ -214,7 +215,7 @@ def fine_tune(
     learner.compile(
         optimizer=optimizers.CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
     )
-    learner.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+    learner.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
     return copy
 
 

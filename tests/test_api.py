@@ -185,3 +185,31 @@ def test_api_on_two_replicas_gives_the_g_of_the_command_line(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     x = helpers_eval.digits().x_test[:64]
     np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_natural_lr_scale_moves_only_the_natural_learner_and_is_refused_alike():
+    """One rate schedule, scaled for the natural learner; a scale <= 0 is refused by the same
+    check through both doors (`natural_lr_scale` here, `--natural_lr_scale` on the command line)."""
+    model = build(natural_lr_scale=4.0, learning_rate="0:0.02,1:0.01")
+    rates = {
+        learner.task: float(learner.optimizer.learning_rate.numpy()) for learner in model.learners
+    }
+    # Epoch 1 of 3 (t = 1/3): 0.02 + (0.01 - 0.02) / 3 for the robust learner, 4x for natural.
+    assert rates == pytest.approx({"natural": 4 * 0.05 / 3, "linf_pgd": 0.05 / 3})
+    with pytest.raises(ValueError, match="^natural_lr_scale must be > 0, got 0"):
+        build(natural_lr_scale=0.0)
+    from tests import helpers_train
+
+    with pytest.raises(ValueError, match="^--natural_lr_scale must be > 0, got -1"):
+        helpers_train.config_from("quickstart.cfg", workdir="/tmp/x", natural_lr_scale=-1)
+
+
+def test_a_callback_fit_attaches_itself_is_refused_not_dropped():
+    from generalist_tf.algorithm import callbacks
+
+    model = build()
+    model.compile()
+    x, y = np.zeros((8, 8, 8, 1), np.float32), np.zeros(8, np.int64)
+    mine = callbacks.BestGlobalCallback("val_global/pgd_accuracy")
+    with pytest.raises(ValueError, match="^callbacks: BestGlobalCallback is attached by"):
+        model.fit(dataset(x, y), validation_data=dataset(x, y), epochs=1, callbacks=[mine])

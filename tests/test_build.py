@@ -348,7 +348,7 @@ def test_every_test_file_has_a_py_test(targets, owners):
 LAYERS = (
     (
         "runtime",
-        ("files", "names", "compat", "tf_config", "distribute", "precision", "timing")
+        ("files", "names", "defaults", "compat", "tf_config", "distribute", "precision", "timing")
         + ("fit_timer",),
     ),
     ("attacks", ("attacks/",)),

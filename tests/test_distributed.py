@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from generalist_tf import data, experiment
-from generalist_tf.algorithm import callbacks, mixing
+from generalist_tf.algorithm import mixing
 from tests.helpers_train import config_from
 
 STEPS = 4
@@ -59,9 +59,6 @@ def run(
         epochs=epochs,
         steps_per_epoch=STEPS,
         validation_data=val,
-        callbacks=[
-            callbacks.GeneralistCallback(cfg.algorithm.mixing, cfg.algorithm.communication, epochs)
-        ],
         verbose=0,
     )
     return model

@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from generalist_tf import export, models
@@ -53,3 +54,11 @@ def test_a_failed_keras_write_keeps_the_finished_file(tmp_path, monkeypatch):
         pass
     assert open(path, "rb").read() == before
     assert [f for f in os.listdir(tmp_path) if f.startswith(".export-")] == []
+
+
+def test_load_serving_names_the_argument_its_caller_gave(tmp_path):
+    missing = str(tmp_path / "nothing")
+    with pytest.raises(ValueError, match=f"^model={missing}: not a readable SavedModel"):
+        export.load_serving(missing)
+    with pytest.raises(ValueError, match=f"^--surrogate={missing}: not a readable SavedModel"):
+        export.load_serving(missing, "--surrogate")

@@ -36,3 +36,10 @@ def test_communication_epochs():
     communication = schedules.Communication(start=0.5, period=2)
     epochs = [e for e in range(1, 11) if communication.is_communication_epoch(e, 10)]
     assert epochs == [6, 8, 10]
+
+
+def test_scaled_multiplies_every_value_and_names_its_argument():
+    base = schedules.parse_points("0:0.05,1/3:0.05,1:0.0005", flag="learning_rate")
+    assert schedules.scaled(base, 2.0).points == ((0.0, 0.1), (1 / 3, 0.1), (1.0, 0.001))
+    with pytest.raises(ValueError, match="natural_lr_scale must be > 0, got 0"):
+        schedules.scaled(base, 0, "natural_lr_scale")

@@ -23,7 +23,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from generalist_tf import attacks, compat, names
+from generalist_tf import attacks, compat, defaults, names
 from generalist_tf.algorithm import callbacks as callbacks_lib
 from generalist_tf.algorithm import mixing
 from generalist_tf.algorithm.learners import BaseLearner, per_example_ce
@@ -53,7 +53,7 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         best_network: keras.Model,
         *,
         eval_attack,
-        ema_alpha: float = 0.999,
+        ema_alpha: float = defaults.EMA_DECAY,
         jit_compile="auto",
         seed: int = 0,
     ):
@@ -151,6 +151,9 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         """
         if isinstance(x, tf.data.Dataset):
             _check_batch(x, self.global_network, "x")
+            # A dataset carries its own order (ours: `data.train_dataset`); Keras' default
+            # shuffle=True would only warn that it ignores itself.
+            kwargs.setdefault("shuffle", False)
         empty = isinstance(validation_data, tf.data.Dataset) and (
             next(iter(validation_data.take(1)), None) is None
         )
@@ -161,7 +164,14 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
             # No validation, no selection: `best_model()` then refuses (a timing run, say).
             ours = [c for c in ours if not isinstance(c, callbacks_lib.BestGlobalCallback)]
         ours_types = {type(c) for c in ours}
-        theirs = [c for c in callbacks or [] if type(c) not in ours_types]
+        theirs = list(callbacks or [])
+        for callback in theirs:
+            if type(callback) in ours_types:
+                raise ValueError(
+                    f"callbacks: {type(callback).__name__} is attached by Generalist.fit itself "
+                    "(its settings come from build_generalist: select_metric, mixing, "
+                    "communication); remove it from callbacks"
+                )
         return super().fit(
             x, *args, callbacks=ours + theirs, validation_data=validation_data, **kwargs
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from generalist_tf import attacks, names
+from generalist_tf import attacks, defaults, names
 from generalist_tf.attacks.budget import Attack  # noqa: F401 (the budget type, `learners.Attack`)
 
 
@@ -188,7 +188,7 @@ class TradesLearner(BaseLearner):
 
     task = "trades"
 
-    def __init__(self, *args, beta=6.0, **kwargs):
+    def __init__(self, *args, beta=defaults.TRADES_BETA, **kwargs):
         super().__init__(*args, **kwargs)
         self.beta = beta
 

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from generalist_tf import defaults
 from generalist_tf.algorithm.schedules import PiecewiseLinear
 
 
@@ -34,7 +35,9 @@ class CoupledSGD(keras.optimizers.Optimizer):
       **kwargs: other `keras.optimizers.Optimizer` arguments (e.g. `loss_scale_factor`).
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.9, l2=0.0, name="coupled_sgd", **kwargs):
+    def __init__(
+        self, learning_rate=0.01, momentum=defaults.MOMENTUM, l2=0.0, name="coupled_sgd", **kwargs
+    ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")

@@ -13,6 +13,8 @@ import dataclasses
 import fractions
 from typing import Sequence
 
+from generalist_tf import defaults
+
 
 @dataclasses.dataclass(frozen=True)
 class PiecewiseLinear:
@@ -118,7 +120,7 @@ class Communication:
 
     start: float
     period: int
-    mode: str = "every_batch"
+    mode: str = defaults.COMMUNICATION_MODE
 
     def start_epoch(self, epochs: int) -> int:
         return max(1, round(self.start * epochs))
@@ -126,3 +128,14 @@ class Communication:
     def is_communication_epoch(self, epoch: int, epochs: int) -> bool:
         """Whether 1-indexed `epoch` communicates."""
         return epoch >= self.start_epoch(epochs) and epoch % self.period == 0
+
+
+def scaled(schedule: PiecewiseLinear, scale: float, argument: str = "scale") -> PiecewiseLinear:
+    """`schedule` with every value multiplied by `scale` (the natural learner's learning rate).
+
+    Raises:
+      ValueError: `scale` is not > 0 (naming `argument` and the value).
+    """
+    if not scale > 0:
+        raise ValueError(f"{argument} must be > 0, got {scale}")
+    return PiecewiseLinear(tuple((f, v * scale) for f, v in schedule.points))

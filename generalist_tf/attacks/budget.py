@@ -88,3 +88,12 @@ class Attack:
             step_size=self.step_size,
             num_steps=self.num_steps,
         )
+
+
+def validation_attack(epsilon: float, num_steps: int | None = None) -> Attack:
+    """The validation and evaluation PGD of a threat model: l_inf `epsilon`, step epsilon / 4,
+    `num_steps` steps (default 20), random start. Both doors derive it here."""
+    from generalist_tf import defaults
+
+    steps = defaults.EVAL_NUM_STEPS if num_steps is None else num_steps
+    return Attack("linf", epsilon, defaults.eval_step(epsilon), steps)

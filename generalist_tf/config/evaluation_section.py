@@ -106,7 +106,7 @@ class Evaluation:
         return cls(
             eval_batch_size=v["eval_batch_size"],
             # PGD evaluation step: eps/4 (2/255 at 8/255, the protocol's setting).
-            eval_attack=budget.Attack("linf", eval_linf, eval_linf / 4, v["eval_num_steps"]),
+            eval_attack=budget.validation_attack(eval_linf, v["eval_num_steps"]),
             eval_epsilon_l2=eval_l2,
             eval_examples=eval_examples,
             table_examples=(

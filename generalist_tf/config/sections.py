@@ -159,6 +159,7 @@ class Optimisation:
     momentum: float
     natural_weight_decay: float
     robust_weight_decay: float
+    natural_lr_scale: float = 1.0
 
     @classmethod
     def from_flags(cls, v: Mapping[str, Any]) -> Optimisation:
@@ -175,6 +176,7 @@ class Optimisation:
             all(value > 0 for _, value in lr.points),
             f"--learning_rate values must be > 0, got {v['learning_rate']}",
         )
+        schedules.scaled(lr, v["natural_lr_scale"], "--natural_lr_scale")  # the API's own check
         return cls(
             epochs=v["epochs"],
             steps_per_epoch=v["steps_per_epoch"] or None,
@@ -183,6 +185,7 @@ class Optimisation:
             momentum=v["momentum"],
             natural_weight_decay=v["natural_weight_decay"],
             robust_weight_decay=v["robust_weight_decay"],
+            natural_lr_scale=v["natural_lr_scale"],
         )
 
 

@@ -39,7 +39,7 @@ def run_on_export(config, path: str, workdir: str, strategy=None, arrays=None) -
 
     strategy = distribute.eval_strategy(strategy)
     with contextlib.nullcontext() if strategy is None else strategy.scope():
-        model = export.load_serving(path)
+        model = export.load_serving(path, "--model")
     if arrays is None:
         arrays = data.load(config.data.dataset, data_dir=config.data.data_dir, require_train=False)
     x, y = data.eval_subset(arrays.x_test, arrays.y_test, config.evaluation.eval_examples)
@@ -47,7 +47,9 @@ def run_on_export(config, path: str, workdir: str, strategy=None, arrays=None) -
     # Checked before the first attack: data the model (or the surrogate) cannot take.
     export.check_fits(model, x, y, flag="--model", dataset=config.data.dataset)
     surrogate = (
-        export.load_serving(config.evaluation.surrogate) if config.evaluation.surrogate else None
+        export.load_serving(config.evaluation.surrogate, "--surrogate")
+        if config.evaluation.surrogate
+        else None
     )
     if surrogate is not None:
         export.check_fits(surrogate, x, y, flag="--surrogate", dataset=config.data.dataset)

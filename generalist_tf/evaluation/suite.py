@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import attacks
+from generalist_tf import attacks, defaults
 from generalist_tf.attacks import fab
 from generalist_tf.evaluation.attack_names import (  # noqa: F401 (`suite.<name>` for callers)
     ATTACK_NAMES,
@@ -32,7 +32,7 @@ from generalist_tf.evaluation.attack_names import (  # noqa: F401 (`suite.<name>
 )
 
 # Step sizes of PGD, CW and MIM as a fraction of epsilon (2/255 for 8/255, the usual protocol).
-STEP_FRACTION = 0.25
+STEP_FRACTION = defaults.STEP_FRACTION
 CW_STEPS = 30
 MIM_STEPS = 20
 # Tolerances of the threat-model check on every adversarial batch (float32 rounding).
