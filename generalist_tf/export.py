@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -84,12 +85,48 @@ def export_keras(network, path: str) -> None:
     """Writes `network` as a `.keras` file at `path`, atomically (a finished file is replaced
     only by a complete new one).
 
-    It reloads with plain `keras.models.load_model(path)` once `generalist_tf.models` is
-    imported (our one custom layer, `BatchNorm`, is registered there), giving the same logits
-    as the SavedModel, and unlike the SavedModel it can be trained further.
+    The file holds only stock Keras layers (`portable`): it reloads with plain
+    `keras.models.load_model(path)` in any process, without `generalist_tf`, giving the same
+    logits as the SavedModel, and unlike the SavedModel it can be trained further.
     """
+    portable_network = portable(network)
     with files.staged(path) as staging:
-        network.save(staging, overwrite=True)
+        portable_network.save(staging, overwrite=True)
+
+
+def portable(network):
+    """`network` with our training-only layers replaced by stock Keras ones, same weights.
+
+    Our `BatchNorm` differs from `keras.layers.BatchNormalization` only in how training
+    updates its moving variance (PyTorch's unbiased convention); at inference both compute
+    the same function of the same weights, so the export uses the stock layer. A network
+    without our layers (or one `keras.models.clone_model` cannot rebuild, such as a subclassed
+    model) is returned as it is.
+    """
+    from generalist_tf import models
+
+    if not any(isinstance(layer, models.BatchNorm) for layer in _layers(network)):
+        return network
+
+    def stock(layer):
+        config = layer.get_config()
+        if isinstance(layer, models.BatchNorm):
+            config.pop("moving_variance", None)
+            return keras.layers.BatchNormalization.from_config(config)
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(network, clone_function=stock)
+    except (ValueError, TypeError, NotImplementedError):
+        return network
+    copy.set_weights(network.get_weights())
+    return copy
+
+
+def _layers(network):
+    for layer in getattr(network, "layers", ()):
+        yield layer
+        yield from _layers(layer)
 
 
 def load_serving(path: str, argument: str = "model"):
