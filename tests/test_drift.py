@@ -39,3 +39,16 @@ def test_curve_summary_reads_the_gain_at_the_reference_and_its_maximum():
     assert summary["gain_at_reference"] == pytest.approx(0.0)
     assert summary["largest_gain"] == pytest.approx(0.03)
     assert summary["largest_gain_at"] == pytest.approx(0.60)
+
+
+def test_kept_references_are_the_reference_runs_with_a_kept_model():
+    model = {"exported": {"path": "models/R/ref_pgd_at_eps0.1_seed0.keras", "sha256": "x"}}
+    metrics = {"exported_clean": 0.8, "exported_pgd20": 0.6}
+    entries = [
+        {"label": "ref_pgd_at_eps0.1", "seed": 0, "metrics": metrics, "models": model},
+        {"label": "pgd_at", "seed": 0, "metrics": metrics},  # no kept model
+        {"label": "generalist_d", "seed": 0, "metrics": metrics, "models": model},
+    ]
+    assert drift.kept_references(entries, "/repo") == {
+        "ref_pgd_at_eps0.1": "/repo/models/R/ref_pgd_at_eps0.1_seed0.keras"
+    }

@@ -56,6 +56,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "The ledger run whose robust accuracy the gain is read at.",
         flag_values=f,
     )
+    flags.DEFINE_bool(
+        "summarise_only",
+        False,
+        "Train nothing: re-score the reference and recompute every finished curve's gains.",
+        flag_values=f,
+    )
 
 
 # The baselines that make the reference frontier: standard training, PGD-AT at every training
@@ -72,6 +78,31 @@ def reference_points(entries: list[dict], seed: int = 0) -> dict[str, tuple[floa
         if entry["seed"] == seed and base.split("_beta")[0].split("_eps")[0] in REFERENCE_LABELS:
             points[label] = (m["exported_clean"], m["exported_pgd20"])
     return points
+
+
+def kept_references(entries: list[dict], ledger_dir: str, seed: int = 0) -> dict[str, str]:
+    """label -> the kept `.keras` of every reference run of `seed` that has one."""
+    kept = {}
+    for entry in entries:
+        model = entry.get("models", {}).get("exported")
+        if model and entry["label"] in reference_points([entry], seed):
+            kept[entry["label"]] = os.path.join(ledger_dir, model["path"])
+    return kept
+
+
+def rescore(paths: dict[str, str], test, attack, batch_size: int) -> dict[str, list[float]]:
+    """label -> [clean, PGD] of each kept reference model on the curves' own test examples
+    (the same function, attack and seeds as every curve point: `tradeoff.accuracy`)."""
+    from generalist_tf import init_from, tradeoff
+
+    scores = {}
+    for label, path in sorted(paths.items()):
+        network = init_from.load_network(path, "--ledger")
+        scores[label] = [
+            tradeoff.accuracy(network, *test, batch_size=batch_size),
+            tradeoff.accuracy(network, *test, attack=attack, batch_size=batch_size),
+        ]
+    return scores
 
 
 def free_window_learning_rate(cfg) -> float:
@@ -140,14 +171,29 @@ def main(argv):
         at_label=FLAGS.at_label,
         cpu=ledger.machine(),
     )
-    at = reference[FLAGS.at_label][1]
     evaluation = cfg.evaluation
     validation = data.eval_subset(arrays.x_val, arrays.y_val, evaluation.val_examples)
     test = data.eval_subset(arrays.x_test, arrays.y_test, FLAGS.test_examples or None)
+    if FLAGS.test_examples:
+        # A subset's accuracies differ from the whole split's by more than the gains measured
+        # here: the reference is re-scored on the same examples from the kept models.
+        reference = rescore(
+            kept_references(entries, os.path.dirname(os.path.abspath(FLAGS.ledger))),
+            test,
+            evaluation.eval_attack,
+            evaluation.eval_batch_size,
+        )
+        if FLAGS.at_label not in reference:
+            print(f"error: --at_label={FLAGS.at_label}: no kept model to re-score", file=sys.stderr)
+            sys.exit(2)
+        record.update(reference=reference, reference_examples=len(test[0]))
+    at = reference[FLAGS.at_label][1]
+    for c in record["curves"].values():  # the summaries follow the reference as it grows
+        c.update(curve_summary(c["points"], list(reference.values()), at))
     for multiplier in multipliers:
         for s in steps:
             key = f"S{s}_lr{multiplier:g}x"
-            if key in record["curves"]:
+            if key in record["curves"] or FLAGS.summarise_only:
                 continue
             start = time.time()
             lr = base_lr * multiplier
@@ -183,9 +229,7 @@ def main(argv):
                 "seconds": {"fine_tune": tuned, "total": time.time() - start},
                 **curve_summary(curve["points"], list(reference.values()), at),
             }
-            with open(path + ".tmp", "w") as f:
-                json.dump(record, f, indent=1)
-            os.replace(path + ".tmp", path)
+            _write(record, path)
             c = record["curves"][key]
             logging.warning(
                 "%s: drift %.2f, gain at %.4f: %s, largest %s (%.0f s)",
@@ -196,6 +240,14 @@ def main(argv):
                 c["largest_gain"],
                 c["seconds"]["total"],
             )
+
+    _write(record, path)
+
+
+def _write(record: dict, path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -117,9 +117,16 @@ def drift_lines(drift: dict) -> list[str]:
         f"From `{drift['model']}` (sha256 {drift['model_sha256'][:12]}), natural fine-tunes of S "
         f"steps at the protocol's free-window learning rate ({drift['free_window_learning_rate']:.4g}) "
         "and at 4x it, each interpolated with the robust export at lambda = 0, 0.1, ..., 1 "
-        f"(`python -m generalist_tf.experiments.drift`; {drift.get('cpu', '')}). Gain: clean "
-        f"accuracy over the reference frontier at PGD-AT's PGD-20 accuracy ({100 * at:.2f}); "
-        "largest gain: the best over the curve's robust range.",
+        f"(`python -m generalist_tf.experiments.drift`; {drift.get('cpu', '')}). "
+        + (
+            f"Every point, and the reference frontier re-scored from its kept models "
+            f"({', '.join(f'`{k}`' for k in sorted(drift['reference']))}), on the same fixed "
+            f"{drift['reference_examples']} test images. "
+            if drift.get("reference_examples")
+            else ""
+        )
+        + f"Gain: clean accuracy over the reference frontier at PGD-AT's PGD-20 accuracy "
+        f"({100 * at:.2f}); largest gain: the best over the curve's robust range.",
         "",
         "| S | learning rate | drift S x lr | gain at PGD-AT | largest gain (at PGD-20) | "
         "natural end clean / PGD-20 | seconds |",
