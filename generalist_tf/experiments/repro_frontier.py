@@ -11,7 +11,7 @@ import json
 import os
 
 from generalist_tf import tradeoff
-from generalist_tf.experiments.repro_suites import REFERENCE_FRONTIER, Run
+from generalist_tf.experiments.repro_suites import DRIFT_RUNS, REFERENCE_FRONTIER, Run
 
 # The ledger's main-table rows that are reference points too (seed 0).
 TABLE_REFERENCES = {
@@ -76,7 +76,7 @@ def verdict_lines(runs: list[Run], reference: list[tuple[float, float]]) -> list
     """Generalist-D's G against the reference frontier, per seed."""
     lines = []
     for run in sorted(runs, key=lambda r: (r.label, r.seed)):
-        if not run.label.startswith("generalist_d") or "multinorm" in run.label:
+        if run.label != "generalist_d" and run.label not in DRIFT_RUNS:
             continue
         clean, robust = point(run)
         gain = tradeoff.gain_at([(clean, robust)], reference, robust)
@@ -187,9 +187,12 @@ def plot(runs: list[Run], drift_path: str, path: str) -> None:
             clean, robust = point(run)
             axes.plot([100 * robust], [100 * clean], "kx", ms=8)
     for run in runs:
-        if run.label == "generalist_d":
+        if run.label == "generalist_d" or run.label in DRIFT_RUNS:
             clean, robust = point(run)
-            axes.plot([100 * robust], [100 * clean], "r*", ms=12, label=f"Generalist-D s{run.seed}")
+            marker = "r*" if run.label == "generalist_d" else "m*"
+            axes.plot(
+                [100 * robust], [100 * clean], marker, ms=12, label=f"{run.label} s{run.seed}"
+            )
     drift = read_drift(drift_path)
     for key, c in sorted((drift or {}).get("curves", {}).items()):
         axes.plot(

@@ -162,6 +162,18 @@ REFERENCE_FRONTIER = {
 }
 ABLATIONS.update(REFERENCE_FRONTIER)
 
+# Generalist-D runs designed from the drift experiment: the natural learner's learning rate
+# scaled (its drift per free window, at no extra cost), trained and kept like the reference runs.
+DRIFT_RUNS = {
+    f"gd_natural_lr{scale}": (
+        f"Generalist-D, natural learner's learning rate x{scale} (drift per free window)",
+        "generalist_d",
+        {"natural_lr_scale": scale, "final_eval": "false"},
+    )
+    for scale in (4, 8, 16)
+}
+ABLATIONS.update(DRIFT_RUNS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:

@@ -11,6 +11,7 @@ from generalist_tf.experiments import repro_frontier
 from generalist_tf.experiments.repro_suites import (
     ABLATIONS,
     COLUMNS,
+    DRIFT_RUNS,
     REFERENCE_FRONTIER,
     SELECTION_COLUMNS,
     SUITES,
@@ -288,8 +289,9 @@ def write_results(
 
     spec = SUITES[suite]
     # The reference-frontier runs have no suite columns: their own section, not the ablations'.
-    frontier_runs = [r for r in ablation_runs if r.label in REFERENCE_FRONTIER]
-    ablation_runs = [r for r in ablation_runs if r.label not in REFERENCE_FRONTIER]
+    frontier_labels = {*REFERENCE_FRONTIER, *DRIFT_RUNS}
+    frontier_runs = [r for r in ablation_runs if r.label in frontier_labels]
+    ablation_runs = [r for r in ablation_runs if r.label not in frontier_labels]
     if spec.table_columns_from_full_split:
         runs, ablation_runs = (
             [_full_split_columns(r) for r in group] for group in (runs, ablation_runs)
