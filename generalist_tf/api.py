@@ -111,8 +111,8 @@ def build_generalist(
         epsilon/4).
       learning_rate: piecewise-linear `frac:lr,...` shared by the learners.
       momentum, natural_weight_decay, robust_weight_decay: our PyTorch-form SGD's settings.
-      natural_lr_scale: multiplies the natural learner's learning rate (its drift between
-        redistributions); 1 is Generalist's own schedule.
+      natural_lr_scale: multiplies the natural learner's learning rate from the first
+        redistribution on (its drift in each free window); 1 is Generalist's own schedule.
       optimizer_for: optional `task -> optimizer` replacing our SGD per learner.
       trades_beta: TRADES' weight.
       ema_decay: EMA ceiling alpha of d = min(alpha, (k+1)/(k+10)); 0 disables averaging.
@@ -181,10 +181,15 @@ def build_generalist(
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
     )
+    schedules.check_scale(natural_lr_scale, "natural_lr_scale")
+    # The natural learner's rate is scaled in its free windows: from the first redistribution
+    # on (before it, the learner is an ordinary clean training that the redistribution replaces).
     natural_lr = optimizers.EpochSchedule(
-        schedules.scaled(learning_rate, natural_lr_scale, "natural_lr_scale"),
+        learning_rate,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        scale=natural_lr_scale,
+        scale_from_epoch=communication.start_epoch(epochs) if communication else 1,
     )
     base_learners = []
     for index, task in enumerate(task_names):

@@ -134,8 +134,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     floating(
         "natural_lr_scale",
         defaults.NATURAL_LR_SCALE,
-        "Multiplies the natural learner's learning rate (its drift between redistributions; "
-        "Generalist's own schedule: 1).",
+        "Multiplies the natural learner's learning rate from the first redistribution on (its "
+        "drift in each free window; Generalist's own schedule: 1).",
     )
     floating(
         "robust_weight_decay",

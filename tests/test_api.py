@@ -190,12 +190,21 @@ def test_api_on_two_replicas_gives_the_g_of_the_command_line(tmp_path):
 def test_natural_lr_scale_moves_only_the_natural_learner_and_is_refused_alike():
     """One rate schedule, scaled for the natural learner; a scale <= 0 is refused by the same
     check through both doors (`natural_lr_scale` here, `--natural_lr_scale` on the command line)."""
-    model = build(natural_lr_scale=4.0, learning_rate="0:0.02,1:0.01")
-    rates = {
-        learner.task: float(learner.optimizer.learning_rate.numpy()) for learner in model.learners
-    }
-    # Epoch 1 of 3 (t = 1/3): 0.02 + (0.01 - 0.02) / 3 for the robust learner, 4x for natural.
-    assert rates == pytest.approx({"natural": 4 * 0.05 / 3, "linf_pgd": 0.05 / 3})
+    model = gtf.build_generalist(
+        small_network,
+        epochs=4,
+        steps_per_epoch=2,
+        linf_attack=gtf.Attack("linf", 0.1, 0.05, 1),
+        communication=gtf.Communication(0.5, 1),
+        natural_lr_scale=4.0,
+        learning_rate="0:0.02,1:0.01",
+    )
+    natural, robust = (
+        learner.optimizer.get_config()["learning_rate"] for learner in model.learners
+    )
+    # Scaled from the first redistribution (epoch 2 of 4) on; the robust learner never.
+    assert natural["config"]["scale"] == 4.0 and natural["config"]["scale_from_epoch"] == 2
+    assert robust["config"]["scale"] == 1.0
     with pytest.raises(ValueError, match="^natural_lr_scale must be > 0, got 0"):
         build(natural_lr_scale=0.0)
     from tests import helpers_train

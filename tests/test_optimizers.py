@@ -41,4 +41,17 @@ def test_epoch_schedule_is_constant_within_an_epoch_and_follows_the_schedule():
         "points": [[0.0, 0.1], [0.5, 0.1], [1.0, 0.001]],
         "epochs": 4,
         "steps_per_epoch": 3,
+        "scale": 1.0,
+        "scale_from_epoch": 1,
     }
+
+
+def test_epoch_schedule_scales_from_its_epoch_on():
+    base = schedules.parse_points("0:0.02,1:0.01", flag="learning_rate")
+    plain = optimizers.EpochSchedule(base, epochs=4, steps_per_epoch=2)
+    scaled = optimizers.EpochSchedule(
+        base, epochs=4, steps_per_epoch=2, scale=4.0, scale_from_epoch=2
+    )
+    for step in range(8):
+        factor = 4.0 if step // 2 + 1 >= 2 else 1.0
+        assert float(scaled(step)) == pytest.approx(factor * float(plain(step))), step

@@ -38,8 +38,7 @@ def test_communication_epochs():
     assert epochs == [6, 8, 10]
 
 
-def test_scaled_multiplies_every_value_and_names_its_argument():
-    base = schedules.parse_points("0:0.05,1/3:0.05,1:0.0005", flag="learning_rate")
-    assert schedules.scaled(base, 2.0).points == ((0.0, 0.1), (1 / 3, 0.1), (1.0, 0.001))
+def test_check_scale_names_its_argument():
+    schedules.check_scale(0.5, "natural_lr_scale")
     with pytest.raises(ValueError, match="natural_lr_scale must be > 0, got 0"):
-        schedules.scaled(base, 0, "natural_lr_scale")
+        schedules.check_scale(0, "natural_lr_scale")

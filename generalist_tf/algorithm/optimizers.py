@@ -74,10 +74,22 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     1`, so the rate is constant within an epoch, as in the official code.
     """
 
-    def __init__(self, schedule: PiecewiseLinear, *, epochs: int, steps_per_epoch: int):
+    def __init__(
+        self,
+        schedule: PiecewiseLinear,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        scale: float = 1.0,
+        scale_from_epoch: int = 1,
+    ):
         self.schedule = schedule
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
+        # From 1-indexed epoch `scale_from_epoch` on, the rate is multiplied by `scale` (the
+        # natural learner's free windows, `natural_lr_scale`).
+        self.scale = float(scale)
+        self.scale_from_epoch = int(scale_from_epoch)
 
     def __call__(self, step):
         epoch = tf.cast(step, tf.int64) // self.steps_per_epoch + 1
@@ -88,6 +100,8 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         for (f0, v0), (f1, v1) in zip(points, points[1:]):
             inside = v0 + (v1 - v0) * (t - f0) / (f1 - f0)
             value = tf.where(t > f0, tf.where(t <= f1, inside, v1), value)
+        if self.scale != 1.0:
+            value = tf.where(epoch >= self.scale_from_epoch, value * self.scale, value)
         return value
 
     def get_config(self):
@@ -95,4 +109,6 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "points": [list(p) for p in self.schedule.points],
             "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch,
+            "scale": self.scale,
+            "scale_from_epoch": self.scale_from_epoch,
         }

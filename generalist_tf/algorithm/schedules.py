@@ -130,12 +130,7 @@ class Communication:
         return epoch >= self.start_epoch(epochs) and epoch % self.period == 0
 
 
-def scaled(schedule: PiecewiseLinear, scale: float, argument: str = "scale") -> PiecewiseLinear:
-    """`schedule` with every value multiplied by `scale` (the natural learner's learning rate).
-
-    Raises:
-      ValueError: `scale` is not > 0 (naming `argument` and the value).
-    """
+def check_scale(scale: float, argument: str = "scale") -> None:
+    """Refuses a learning-rate multiplier that is not > 0 (naming `argument` and the value)."""
     if not scale > 0:
         raise ValueError(f"{argument} must be > 0, got {scale}")
-    return PiecewiseLinear(tuple((f, v * scale) for f, v in schedule.points))

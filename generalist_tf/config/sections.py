@@ -176,7 +176,7 @@ class Optimisation:
             all(value > 0 for _, value in lr.points),
             f"--learning_rate values must be > 0, got {v['learning_rate']}",
         )
-        schedules.scaled(lr, v["natural_lr_scale"], "--natural_lr_scale")  # the API's own check
+        schedules.check_scale(v["natural_lr_scale"], "--natural_lr_scale")  # the API's own check
         return cls(
             epochs=v["epochs"],
             steps_per_epoch=v["steps_per_epoch"] or None,
