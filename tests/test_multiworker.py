@@ -213,6 +213,7 @@ def test_only_the_chief_writes_tensorboard_checkpoints_and_exports(two_workers):
         "export_last",
         "export_last.keras",
         "flags.cfg",
+        "free_window",
         "results.json",
         "tensorboard",
     ]

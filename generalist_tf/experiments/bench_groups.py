@@ -18,7 +18,6 @@ from generalist_tf import (
     config,
     data,
 )
-from generalist_tf.algorithm import callbacks
 from generalist_tf.experiments.bench_settings import DIGITS, PIPELINE_EPOCHS
 from generalist_tf.experiments.bench_setup import (
     Trainer,
@@ -239,10 +238,8 @@ def bench_epoch(
     model = trainer.model
     iterator = iter(stream)
 
-    # Epochs 1 and 2 of the run, schedules as in training (the callback hands them over).
-    mixing = callbacks.GeneralistCallback(
-        cfg_d.algorithm.mixing, cfg_d.algorithm.communication, cfg_d.optimisation.epochs
-    )
+    # Epochs 1 and 2 of the run, schedules as in training (`Generalist.fit` attaches the
+    # callback that hands them over).
 
     def fit_epoch() -> float:
         timer = EpochTimer()
@@ -250,7 +247,7 @@ def bench_epoch(
             stream,
             epochs=2,
             steps_per_epoch=steps,
-            callbacks=[mixing, timer],
+            callbacks=[timer],
             shuffle=False,  # The stream is already shuffled (and Keras warns otherwise).
             verbose=0,
         )

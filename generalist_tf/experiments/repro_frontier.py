@@ -155,52 +155,60 @@ def drift_lines(drift: dict) -> list[str]:
 
 
 def plot(runs: list[Run], drift_path: str, path: str) -> None:
-    """Clean against PGD-20: the reference runs, Generalist's G, the drift curves."""
+    """Clean against PGD-20: the reference runs, Generalist's G, the drift curves; the whole
+    range on the left, the robust end (PGD-20 >= 45%) on the right."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from generalist_tf import files
 
-    figure = Figure(figsize=(7, 5), dpi=100)
+    figure = Figure(figsize=(12, 5), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.set_title("Trade-off frontier (test split, seed 0)")
-    axes.set_xlabel("PGD-20 l_inf accuracy (%)")
-    axes.set_ylabel("clean accuracy (%)")
-    axes.grid(alpha=0.3)
-    for family, marker in (("pgd_at", "s-"), ("trades", "^-")):
-        members = sorted(
-            (
-                point(run)
-                for _, run in reference_runs(runs)
-                if run.label.removeprefix("ref_").startswith(family)
-                and run.label.startswith("ref_")
-            ),
-            key=lambda p: p[1],
-        )
-        if members:
-            axes.plot(
-                [100 * r for _, r in members], [100 * c for c, _ in members], marker, label=family
-            )
-    for what, run in reference_runs(runs):
-        if run.label in TABLE_REFERENCES:
-            clean, robust = point(run)
-            axes.plot([100 * robust], [100 * clean], "kx", ms=8)
-    for run in runs:
-        if run.label == "generalist_d" or run.label in DRIFT_RUNS:
-            clean, robust = point(run)
-            marker = "r*" if run.label == "generalist_d" else "m*"
-            axes.plot(
-                [100 * robust], [100 * clean], marker, ms=12, label=f"{run.label} s{run.seed}"
-            )
     drift = read_drift(drift_path)
-    for key, c in sorted((drift or {}).get("curves", {}).items()):
-        axes.plot(
-            [100 * p["test_pgd"] for p in c["points"]],
-            [100 * p["test_clean"] for p in c["points"]],
-            ":",
-            label=f"fine-tune {key}",
-        )
-    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    for index, zoom in enumerate((False, True)):
+        axes = figure.add_subplot(1, 2, index + 1)
+        axes.set_title("robust end" if zoom else "Trade-off frontier (test split, seed 0)")
+        axes.set_xlabel("PGD-20 l_inf accuracy (%)")
+        axes.set_ylabel("clean accuracy (%)")
+        axes.grid(alpha=0.3)
+        for family, marker in (("pgd_at", "s-"), ("trades", "^-")):
+            members = sorted(
+                (
+                    point(run)
+                    for _, run in reference_runs(runs)
+                    if run.label.startswith(f"ref_{family}")
+                ),
+                key=lambda p: p[1],
+            )
+            if members:
+                axes.plot(
+                    [100 * r for _, r in members],
+                    [100 * c for c, _ in members],
+                    marker,
+                    label=f"{family} (reference runs)",
+                )
+        for what, run in reference_runs(runs):
+            if run.label in TABLE_REFERENCES:
+                clean, robust = point(run)
+                axes.plot([100 * robust], [100 * clean], "x", ms=9, label=what)
+        for run in runs:
+            if run.label == "generalist_d" or run.label in DRIFT_RUNS:
+                clean, robust = point(run)
+                marker = "r*" if run.label == "generalist_d" else "m*"
+                axes.plot(
+                    [100 * robust], [100 * clean], marker, ms=12, label=f"{run.label} s{run.seed}"
+                )
+        for key, c in sorted((drift or {}).get("curves", {}).items()):
+            axes.plot(
+                [100 * p["test_pgd"] for p in c["points"]],
+                [100 * p["test_clean"] for p in c["points"]],
+                ":",
+                marker=".",
+                label=f"fine-tune {key} (test subset)",
+            )
+        if zoom:
+            axes.set_xlim(45, None)
+            axes.set_ylim(74, 86)
+            axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     with files.staged(path) as staging:
         figure.savefig(staging, bbox_inches="tight")
