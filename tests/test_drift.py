@@ -52,3 +52,12 @@ def test_kept_references_are_the_reference_runs_with_a_kept_model():
     assert drift.kept_references(entries, "/repo") == {
         "ref_pgd_at_eps0.1": "/repo/models/R/ref_pgd_at_eps0.1_seed0.keras"
     }
+
+
+def test_largest_gain_is_read_only_inside_the_reference_range():
+    """A standard-like end (clean 0.88 at robust 0.03) is not compared with a flat extension of
+    the reference's least robust point."""
+    points = [{"test_clean": 0.88, "test_pgd": 0.03}, {"test_clean": 0.78, "test_pgd": 0.67}]
+    summary = drift.curve_summary(points, [(0.78, 0.67), (0.81, 0.60)], 0.67)
+    assert summary["largest_gain_at"] >= 0.60
+    assert summary["largest_gain"] < 0.05

@@ -119,11 +119,18 @@ def free_window_learning_rate(cfg) -> float:
 
 
 def curve_summary(points: list[dict], reference: list[tuple[float, float]], at: float) -> dict:
-    """The gain at robust accuracy `at` and the largest gain along the curve (clean points)."""
+    """The gain at robust accuracy `at` and the largest gain along the curve (clean points),
+    within the reference's robust range."""
     from generalist_tf import tradeoff
 
     curve = [(p["test_clean"], p["test_pgd"]) for p in points]
-    levels = sorted({r for _, r in curve} | {r for _, r in reference})
+    # Only where the reference has points on both sides: below its least robust point the
+    # frontier's other end (standard training) may be missing, and a flat extension would
+    # credit the curve with the standard network's clean accuracy.
+    low, high = min(r for _, r in reference), max(r for _, r in reference)
+    levels = sorted(
+        r for r in {r for _, r in curve} | {r for _, r in reference} if low <= r <= high
+    )
     gains = [(g, r) for r in levels if (g := tradeoff.gain_at(curve, reference, r)) is not None]
     best = max(gains, default=(None, None))
     return {
