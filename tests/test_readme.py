@@ -9,7 +9,7 @@ import re
 from absl import flags
 
 from generalist_tf import cli
-from generalist_tf.experiments import bench, repro
+from generalist_tf.experiments import bench, drift, frontier, repro
 from tests.helpers_train import ROOT
 
 # Flags of other tools that the README shows: pytest-xdist's and TensorBoard's.
@@ -30,6 +30,8 @@ def program_flags() -> dict[str, set[str]]:
         ("generalist_tf.main", cli.define_flags),
         ("generalist_tf.experiments.bench", bench.define_flags),
         ("generalist_tf.experiments.repro", repro.define_flags),
+        ("generalist_tf.experiments.frontier", frontier.define_flags),
+        ("generalist_tf.experiments.drift", drift.define_flags),
     ):
         values = flags.FlagValues()
         define(values)
