@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 
-from generalist_tf.experiments import repro_frontier
+from generalist_tf.experiments import ledger, repro_frontier
 from generalist_tf.experiments.repro_suites import (
     ABLATIONS,
     COLUMNS,
@@ -310,7 +310,7 @@ def write_results(
         f"# Small-scale reproduction ({suite})",
         "",
         f"Command: `{command}`",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores ({_cpu_name()}), no GPU.",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores ({ledger.machine()}), no GPU.",
         timing(runs, list(ablation_runs), wall=wall, jobs=jobs),
         f"Seeds: {', '.join(map(str, seeds))}. Each run: its `flags/{spec.prefix}_<method>.cfg`; "
         f"{where}.",
@@ -392,17 +392,6 @@ def _full_split_columns(run: Run) -> Run:
     return dataclasses.replace(
         run, metrics={**m, "clean": m["exported_clean"], "pgd20_linf": m["exported_pgd20"]}
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def drift_file(spec) -> str:
