@@ -130,6 +130,8 @@ def build_generalist(
     Raises:
       ValueError: a one-line message naming the bad argument.
     """
+    schedules.check_ema_decay(ema_decay)
+    schedules.check_trades_beta(trades_beta)
     if variant == CUSTOM:
         if not tasks or not mixing:
             raise ValueError("variant='custom' needs tasks and mixing")

@@ -222,3 +222,20 @@ def test_a_callback_fit_attaches_itself_is_refused_not_dropped():
     mine = callbacks.BestGlobalCallback("val_global/pgd_accuracy")
     with pytest.raises(ValueError, match="^callbacks: BestGlobalCallback is attached by"):
         model.fit(dataset(x, y), validation_data=dataset(x, y), epochs=1, callbacks=[mine])
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\), got 1.0"),
+        ("trades_beta", -1.0, "trades_beta must be >= 0, got -1.0"),
+    ],
+)
+def test_python_refuses_what_the_command_line_refuses(argument, value, message):
+    """One check for both doors: the argument's name from Python, the flag's on the command line."""
+    from tests import helpers_train
+
+    with pytest.raises(ValueError, match=f"^{message}"):
+        build(**{argument: value})
+    with pytest.raises(ValueError, match=f"^--{message}"):
+        helpers_train.config_from("quickstart.cfg", workdir="/tmp/x", **{argument: value})

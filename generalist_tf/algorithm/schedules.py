@@ -134,3 +134,15 @@ def check_scale(scale: float, argument: str = "scale") -> None:
     """Refuses a learning-rate multiplier that is not > 0 (naming `argument` and the value)."""
     if not scale > 0:
         raise ValueError(f"{argument} must be > 0, got {scale}")
+
+
+def check_ema_decay(ema_decay: float, argument: str = "ema_decay") -> None:
+    """The EMA ceiling alpha must lie in [0, 1) (1 would freeze every EMA at theta_0)."""
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"{argument} must be in [0, 1), got {ema_decay}")
+
+
+def check_trades_beta(beta: float, argument: str = "trades_beta") -> None:
+    """TRADES' robustness weight must be >= 0 (a negative one rewards the KL it should bound)."""
+    if not beta >= 0:
+        raise ValueError(f"{argument} must be >= 0, got {beta}")

@@ -202,8 +202,9 @@ class Algorithm:
 
     @classmethod
     def from_flags(cls, v: Mapping[str, Any]) -> Algorithm:
-        require(0 <= v["ema_decay"] < 1, f"--ema_decay must be in [0, 1), got {v['ema_decay']}")
-        require(v["trades_beta"] >= 0, f"--trades_beta must be >= 0, got {v['trades_beta']}")
+        # The API's own checks, with the flag's name.
+        schedules.check_ema_decay(v["ema_decay"], "--ema_decay")
+        schedules.check_trades_beta(v["trades_beta"], "--trades_beta")
         # Variant: a preset, or `custom` with explicit learners and mixing.
         variant, mixing_text = v["variant"], v["mixing"]
         if variant == variants.CUSTOM:
