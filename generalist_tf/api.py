@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 import generalist_tf
-from generalist_tf import defaults, init_from
+from generalist_tf import defaults, init_from, tradeoff
 from generalist_tf.algorithm import generalist, learners, optimizers, schedules
 from generalist_tf.algorithm.schedules import Communication  # noqa: F401 (public: gtf.Communication)
 from generalist_tf.algorithm.variants import CUSTOM, VARIANTS
@@ -66,14 +66,14 @@ def build_generalist(
     mixing: str | Mapping[str, schedules.PiecewiseLinear] | None = None,
     linf_attack: Attack = Attack(
         "linf",
-        defaults.ratio(defaults.EPSILON),
-        defaults.ratio(defaults.STEP_SIZE),
+        schedules.parse_fraction(defaults.EPSILON),
+        schedules.parse_fraction(defaults.STEP_SIZE),
         defaults.NUM_STEPS,
     ),
     l2_attack: Attack = Attack(
         "l2",
-        defaults.ratio(defaults.L2_EPSILON),
-        defaults.ratio(defaults.L2_STEP_SIZE),
+        schedules.parse_fraction(defaults.L2_EPSILON),
+        schedules.parse_fraction(defaults.L2_STEP_SIZE),
         defaults.L2_NUM_STEPS,
     ),
     eval_attack: Attack | None = None,
@@ -312,10 +312,10 @@ def frontier(
     momentum: float = defaults.MOMENTUM,
     natural_weight_decay: float = defaults.NATURAL_WEIGHT_DECAY,
     num_steps: int = defaults.EVAL_NUM_STEPS,
-    points: int = 11,
+    points: int = tradeoff.DEFAULT_POINTS,
     operating_point: str | None = None,
     worst_case=None,
-    apgd_steps: int = 100,
+    apgd_steps: int = defaults.EVAL_APGD_STEPS,
     seed: int = 0,
 ) -> dict:
     """The trade-off frontier between a robust network and a natural one (`generalist_tf.tradeoff`).
@@ -333,9 +333,7 @@ def frontier(
     Returns:
       The `frontier.json` record.
     """
-    from generalist_tf import tradeoff as frontiers
-
-    frontiers.parse_operating_point(operating_point)
+    tradeoff.parse_operating_point(operating_point)
     if isinstance(robust, (str, os.PathLike)):
         robust = init_from.load_network(os.fspath(robust), "robust")
     if isinstance(natural, (str, os.PathLike)):
@@ -343,7 +341,7 @@ def frontier(
     if natural is None:
         if natural_data is None:
             raise ValueError("natural_data is required when natural is None (the fine-tune data)")
-        natural = frontiers.fine_tune(
+        natural = tradeoff.fine_tune(
             robust,
             natural_data,
             steps=natural_steps,
@@ -352,7 +350,7 @@ def frontier(
             weight_decay=natural_weight_decay,
             seed=seed,
         )
-    return frontiers.run(
+    return tradeoff.run(
         robust,
         natural,
         validation=_as_arrays(validation),

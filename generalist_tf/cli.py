@@ -212,7 +212,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     integer("eval_restarts", 1, "Random restarts of PGD, CW and APGD in the attack suite.")
     integer("eval_square_queries", 5000, "Queries per example of the Square attack.")
-    integer("eval_apgd_steps", 100, "Iterations of each APGD run.")
+    integer("eval_apgd_steps", defaults.EVAL_APGD_STEPS, "Iterations of each APGD run.")
     string(
         "eval_attacks",
         "",

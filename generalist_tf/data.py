@@ -222,8 +222,9 @@ def _load_npz(path: str, *, require_train: bool) -> Arrays:
     return _carve_validation(f"npz:{path}", x_full, y_full, x_test, y_test, num_classes, 5_000)
 
 
-def _to_float(images: tf.Tensor) -> tf.Tensor:
-    """uint8 [0, 255] or float [0, 1] images to float32 in [0, 1]."""
+def to_float(images) -> tf.Tensor:
+    """uint8 [0, 255] or float [0, 1] images (arrays or tensors) to float32 in [0, 1]."""
+    images = tf.convert_to_tensor(images)
     if images.dtype == tf.uint8:
         return tf.cast(images, tf.float32) / 255.0
     return tf.cast(images, tf.float32)
@@ -289,7 +290,7 @@ def train_dataset(
         positions = tf.range(steps_per_epoch * batch_size, dtype=tf.int64)
 
         def example(index, position):
-            image = _to_float(tf.gather(images, index))
+            image = to_float(tf.gather(images, index))
             image_seed = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch, position])
             return _augment(image, image_seed, augmentation), tf.gather(labels, index)
 
@@ -332,5 +333,5 @@ def eval_dataset(
     """
     x, y = eval_subset(x, y, num_examples, seed)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.map(lambda image, label: (_to_float(image), label), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda image, label: (to_float(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

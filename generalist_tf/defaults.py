@@ -34,15 +34,11 @@ L2_NUM_STEPS = 10
 # Validation and evaluation PGD: 20 steps of epsilon / 4.
 EVAL_NUM_STEPS = 20
 STEP_FRACTION = 0.25
+# Iterations of every APGD run of the attack suite (AutoAttack's standard budget).
+EVAL_APGD_STEPS = 100
 # Choice of the exported G: best clean + PGD accuracy on validation, no clean floor.
 SELECT_METRIC = names.CLEAN_PLUS_PGD
 SELECT_CLEAN_FLOOR = 0.0
-
-
-def ratio(text: str) -> float:
-    """`8/255` -> 0.0313...; `0.5` -> 0.5 (the flags' way of writing a radius)."""
-    numerator, _, denominator = str(text).partition("/")
-    return float(numerator) / (float(denominator) if denominator else 1.0)
 
 
 def eval_step(epsilon: float) -> float:

@@ -105,7 +105,7 @@ def portable(network):
     """
     from generalist_tf import models
 
-    if not any(isinstance(layer, models.BatchNorm) for layer in _layers(network)):
+    if not any(isinstance(layer, models.BatchNorm) for layer in models.layers_of(network)):
         return network
 
     def stock(layer):
@@ -121,12 +121,6 @@ def portable(network):
         return network
     copy.set_weights(network.get_weights())
     return copy
-
-
-def _layers(network):
-    for layer in getattr(network, "layers", ()):
-        yield layer
-        yield from _layers(layer)
 
 
 def load_serving(path: str, argument: str = "model"):

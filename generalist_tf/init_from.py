@@ -29,7 +29,8 @@ def _checkpoint_prefix(path: str) -> str | None:
     return path if os.path.exists(path + ".index") else None
 
 
-def _keras_file(path: str) -> str | None:
+def keras_file(path: str) -> str | None:
+    """The `.keras` file `path` names: itself, an export's twin, or a workdir's export."""
     if path.endswith(".keras") and os.path.isfile(path):
         return path
     for candidate in (export.keras_path(path), os.path.join(path, "export.keras")):
@@ -45,15 +46,8 @@ def load_into(network: keras.Model, path: str) -> None:
       InitError: no readable source at `path`, or weights whose shapes differ (naming the
         first mismatching weight and both shapes).
     """
-    keras_file = _keras_file(path)
-    if keras_file is not None:
-        try:
-            source = keras.models.load_model(keras_file, compile=False)
-        except Exception as e:  # Keras raises several types for a bad file.
-            raise InitError(
-                f"--init_from={path}: {keras_file} is not loadable ({type(e).__name__})"
-            )
-        _assign(network, source.weights, path)
+    if keras_file(path) is not None:
+        _assign(network, load_network(path, "--init_from").weights, path)
         return
     prefix = _checkpoint_prefix(path)
     if prefix is None:
@@ -98,8 +92,8 @@ def load_network(path: str, argument: str = "model") -> keras.Model:
     Raises:
       InitError: no `.keras` source at `path`, or one Keras cannot load (one line naming it).
     """
-    keras_file = _keras_file(path)
-    if keras_file is None:
+    source = keras_file(path)
+    if source is None:
         raise InitError(
             f"{argument}={path}: neither a .keras file, an export with its .keras twin, nor a "
             "workdir with export.keras"
@@ -107,6 +101,6 @@ def load_network(path: str, argument: str = "model") -> keras.Model:
     from generalist_tf import models  # noqa: F401 (registers our BatchNorm for older exports)
 
     try:
-        return keras.models.load_model(keras_file, compile=False)
+        return keras.models.load_model(source, compile=False)
     except Exception as e:  # Keras raises several types for a bad file.
-        raise InitError(f"{argument}={path}: {keras_file} is not loadable ({type(e).__name__})")
+        raise InitError(f"{argument}={path}: {source} is not loadable ({type(e).__name__})")

@@ -15,7 +15,7 @@ ResNets keep PyTorch's defaults, the WRN and the SmallCNN their authors' explici
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -82,6 +82,13 @@ class BatchNorm(layers.BatchNormalization):
 
     def get_config(self):
         return {**super().get_config(), "moving_variance": self.moving_variance_convention}
+
+
+def layers_of(network) -> Iterator:
+    """Every layer inside `network`, nested models and blocks included, depth first."""
+    for layer in getattr(network, "layers", ()):
+        yield layer
+        yield from layers_of(layer)
 
 
 def _torch_default_kernel():

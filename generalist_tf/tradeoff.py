@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from generalist_tf import defaults
+from generalist_tf import data, defaults, models
 from generalist_tf.algorithm import learners, mixing, optimizers
 from generalist_tf.attacks import budget, projected
 from generalist_tf.attacks.classifier import as_classifier
@@ -120,15 +121,6 @@ def interpolate_into(target: keras.Model, robust: keras.Model, natural: keras.Mo
     mixing.copy_weights(mixing.mixable_weights(target), mixed)
 
 
-def _batchnorm_layers(network: keras.Model) -> list:
-    found = []
-    for layer in getattr(network, "layers", ()):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        found.extend(_batchnorm_layers(layer))  # nested models and blocks
-    return found
-
-
 def reestimate_batchnorm(network: keras.Model, x: np.ndarray, *, batch_size: int, batches: int):
     """Replaces every BatchNorm layer's moving statistics by their average over training batches.
 
@@ -137,7 +129,11 @@ def reestimate_batchnorm(network: keras.Model, x: np.ndarray, *, batch_size: int
     variance convention, biased or unbiased, is kept). Returns the number of layers re-estimated
     (0: the network has no BatchNorm, and this is the identity).
     """
-    layers = _batchnorm_layers(network)
+    layers = [
+        layer
+        for layer in models.layers_of(network)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     if not layers:
         return 0
     saved = [layer.momentum for layer in layers]
@@ -150,18 +146,11 @@ def reestimate_batchnorm(network: keras.Model, x: np.ndarray, *, batch_size: int
             index = order[(k * batch_size) % len(x) :][:batch_size]
             for layer in layers:
                 layer.momentum = k / (k + 1)  # the first batch replaces the reset values
-            network(_as_float(x[index]), training=True)
+            network(data.to_float(np.asarray(x[index])), training=True)
     finally:
         for layer, momentum in zip(layers, saved):
             layer.momentum = momentum
     return len(layers)
-
-
-def _as_float(x: np.ndarray) -> tf.Tensor:
-    x = np.asarray(x)
-    if x.dtype == np.uint8:
-        return tf.convert_to_tensor(x.astype(np.float32) / 255.0)
-    return tf.convert_to_tensor(x, tf.float32)
 
 
 def accuracy(
@@ -175,7 +164,7 @@ def accuracy(
     model = as_classifier(network)
     correct = 0
     for b, start in enumerate(range(0, len(x), batch_size)):
-        images = _as_float(x[start : start + batch_size])
+        images = data.to_float(np.asarray(x[start : start + batch_size]))
         labels = tf.convert_to_tensor(np.asarray(y[start : start + batch_size]), tf.int64)
         if attack is not None:
             images = projected.pgd_with(
@@ -184,6 +173,18 @@ def accuracy(
         predictions = tf.argmax(model(images), axis=-1)
         correct += int(tf.reduce_sum(tf.cast(predictions == labels, tf.int32)))
     return correct / max(1, len(x))
+
+
+def check_fine_tune(steps: int, learning_rate: float, *, min_steps: int = 0) -> None:
+    """The one check of a natural fine-tune's budget (the library and the command line).
+
+    Raises:
+      ValueError: `steps` not an integer >= `min_steps`, or `learning_rate` not > 0, naming
+        `natural_steps` / `natural_learning_rate` and the value.
+    """
+    budget.check_count("natural_steps", steps, min_steps)
+    if not learning_rate > 0:
+        raise ValueError(f"natural_learning_rate must be > 0, got {learning_rate}")
 
 
 def fine_tune(
@@ -203,11 +204,9 @@ def fine_tune(
     decay) at a constant learning rate. `network` itself is not changed.
 
     Raises:
-      ValueError: a negative `steps` or a non-positive `learning_rate` (naming it).
+      ValueError: a negative `steps` or a non-positive `learning_rate` (`check_fine_tune`).
     """
-    budget.check_count("natural_steps", steps, 0)
-    if not learning_rate > 0:
-        raise ValueError(f"natural_learning_rate must be > 0, got {learning_rate}")
+    check_fine_tune(steps, learning_rate)
     copy = copy_network(network)
     if steps == 0:
         return copy
@@ -346,8 +345,8 @@ def clean_at(points: Sequence[tuple[float, float]], robust: float) -> float | No
 
 def _envelope(points):
     """The Pareto points of (clean, robust) pairs, sorted by increasing robust accuracy."""
-    pts = sorted(set((float(c), float(r)) for c, r in points), key=lambda p: (p[1], -p[0]))
     envelope = []
+    pts = {(float(c), float(r)) for c, r in points}
     for c, r in sorted(pts, key=lambda p: (-p[1], -p[0])):  # most robust first
         if not envelope or c > envelope[-1][0]:
             envelope.append((c, r))
@@ -371,7 +370,7 @@ def run(
     operating_point: str | None = None,
     reestimate: tuple[np.ndarray, int, int] | None = None,
     worst_case: tuple[np.ndarray, np.ndarray] | None = None,
-    apgd_steps: int = 100,
+    apgd_steps: int = defaults.EVAL_APGD_STEPS,
     baselines: dict[str, tuple[float, float]] | None = None,
     batch_size: int = 500,
     provenance: dict | None = None,
@@ -401,8 +400,6 @@ def run(
       ValueError: a bad `operating_point` (before any work) or one no point reaches (after the
         validation sweep, before the test split is scored).
     """
-    import os
-
     from generalist_tf import export, files
     from generalist_tf.evaluation import runner
 

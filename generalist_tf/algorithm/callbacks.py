@@ -164,6 +164,8 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 FREE_WINDOW = "free_window"
+# Beside the `.keras` files: the window's last epoch and the learners' names.
+FREE_WINDOW_META = "epoch.json"
 
 
 class FreeWindowCallback(keras.callbacks.Callback):
@@ -172,7 +174,7 @@ class FreeWindowCallback(keras.callbacks.Callback):
     Contract:
       * `on_epoch_begin` of a communication epoch that follows a free one (no redistribution in
         the epoch before) writes each learner's EMA to `<directory>/<learner>.keras` and the
-        window's last epoch to `<directory>/epoch.json`, replacing the previous window's. Runs
+        window's last epoch to `<directory>/FREE_WINDOW_META`, replacing the previous window's. Runs
         before the epoch's first step, so before its redistribution: when training ends, the
         files hold the last free window before the final redistribution (at the end of training
         the learners equal G, so their final EMAs are one network, not two).
@@ -206,6 +208,6 @@ class FreeWindowCallback(keras.callbacks.Callback):
             with files.staged(path) as staging:  # a finished file is replaced only by a whole one
                 learner.ema_network.save(staging, overwrite=True)
         files.write_json(
-            os.path.join(self.directory, "epoch.json"),
+            os.path.join(self.directory, FREE_WINDOW_META),
             {"last_free_epoch": e - 1, "learners": list(self.model.learner_names)},
         )

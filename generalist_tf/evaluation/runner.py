@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import distribute, precision
+from generalist_tf import defaults, distribute, precision
 from generalist_tf.attacks import budget
 from generalist_tf.attacks.classifier import as_classifier
 from generalist_tf.evaluation import (
@@ -77,7 +77,7 @@ def evaluate_model(
     seed: int = 0,
     restarts: int = 1,
     square_queries: int = 5000,
-    apgd_steps: int = 100,
+    apgd_steps: int = defaults.EVAL_APGD_STEPS,
     attacks=None,
     reference: str | None = None,
     surrogate=None,

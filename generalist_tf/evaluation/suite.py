@@ -84,7 +84,11 @@ def _pgd_attack(name, norm, num_steps, restarts, jit_compile, loss="ce", descrip
 
 
 def attack_suite(
-    *, restarts: int = 1, apgd_steps: int = 100, square_queries: int = 5000, jit_compile="auto"
+    *,
+    restarts: int = 1,
+    apgd_steps: int = defaults.EVAL_APGD_STEPS,
+    square_queries: int = 5000,
+    jit_compile="auto",
 ) -> dict[str, SuiteAttack]:
     """The attacks of `ATTACK_NAMES` and `TRANSFER_ATTACK` with their budgets.
 

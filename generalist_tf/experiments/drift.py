@@ -10,9 +10,10 @@ protocol's free-window learning rate times each of `--lr_multipliers`, each swep
 to 1 by `generalist_tf.tradeoff` (validation and test split, PGD-`--eval_num_steps`). Every
 curve is compared with the reference frontier of the ledger's seed-0 baselines (their exported
 G: clean and PGD-20 on the whole test split): the clean accuracy it gains at the robust
-accuracy of `--at_label`'s point, and the largest gain along the curve. Writes
-`<out>/drift.json` (finished curves are kept and reused by the next invocation) and
-`<out>/drift.png`.
+accuracy of `--at_label`'s point, and the largest gain along the curve. With `--test_examples`
+the reference is re-scored from the ledger's kept models on the same examples. Writes
+`<out>/drift.json` (finished curves are kept and reused by the next invocation) and each
+curve's `frontier.json` / `frontier.png` in `<out>/<curve>/`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 import time
 
 from absl import app, flags, logging
+
+from generalist_tf import tradeoff
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +43,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_list(
         "lr_multipliers", ["1", "4"], "Multiples of the free-window learning rate.", flag_values=f
     )
-    flags.DEFINE_integer("points", 11, "Interpolation weights per curve.", flag_values=f)
+    flags.DEFINE_integer(
+        "points", tradeoff.DEFAULT_POINTS, "Interpolation weights per curve.", flag_values=f
+    )
     flags.DEFINE_integer(
         "test_examples", 0, "Test images per point (fixed subset; 0: all).", flag_values=f
     )
@@ -64,18 +69,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
-# The baselines that make the reference frontier: standard training, PGD-AT at every training
-# radius and TRADES at every beta (seed 0), the ledger's rows and the reference runs.
-REFERENCE_LABELS = ("standard", "pgd_at", "trades")
-
-
 def reference_points(entries: list[dict], seed: int = 0) -> dict[str, tuple[float, float]]:
     """label -> (test clean, test PGD-20) of the exported G of every reference run of `seed`."""
+    from generalist_tf.experiments import repro_frontier
+
     points = {}
     for entry in entries:
         label, m = entry["label"], entry["metrics"]
-        base = label[4:] if label.startswith("ref_") else label
-        if entry["seed"] == seed and base.split("_beta")[0].split("_eps")[0] in REFERENCE_LABELS:
+        if entry["seed"] == seed and repro_frontier.is_reference(label):
             points[label] = (m["exported_clean"], m["exported_pgd20"])
     return points
 
@@ -93,7 +94,7 @@ def kept_references(entries: list[dict], ledger_dir: str, seed: int = 0) -> dict
 def rescore(paths: dict[str, str], test, attack, batch_size: int) -> dict[str, list[float]]:
     """label -> [clean, PGD] of each kept reference model on the curves' own test examples
     (the same function, attack and seeds as every curve point: `tradeoff.accuracy`)."""
-    from generalist_tf import init_from, tradeoff
+    from generalist_tf import init_from
 
     scores = {}
     for label, path in sorted(paths.items()):
@@ -121,8 +122,6 @@ def free_window_learning_rate(cfg) -> float:
 def curve_summary(points: list[dict], reference: list[tuple[float, float]], at: float) -> dict:
     """The gain at robust accuracy `at` and the largest gain along the curve (clean points),
     within the reference's robust range."""
-    from generalist_tf import tradeoff
-
     curve = [(p["test_clean"], p["test_pgd"]) for p in points]
     # Only where the reference has points on both sides: below its least robust point the
     # frontier's other end (standard training) may be missing, and a flat extension would
@@ -142,16 +141,13 @@ def curve_summary(points: list[dict], reference: list[tuple[float, float]], at: 
 
 def main(argv):
     del argv
-    from generalist_tf import cli, config, data, init_from, tradeoff
-    from generalist_tf.experiments import ledger
+    from generalist_tf import data, files, init_from
+    from generalist_tf.experiments import frontier, ledger
 
     try:
         if not (FLAGS.model and FLAGS.protocol and FLAGS.out):
             raise ValueError("--model, --protocol and --out are required")
-        values = cli.parse(
-            f"--flagfile={os.path.abspath(FLAGS.protocol)}", f"--workdir={FLAGS.out}"
-        )
-        cfg = config.from_flags(values.flag_values_dict())
+        cfg = frontier.protocol_config(None, FLAGS.protocol, FLAGS.out)
         base_lr = free_window_learning_rate(cfg)
         steps = [int(s) for s in FLAGS.steps]
         multipliers = [float(m) for m in FLAGS.lr_multipliers]
@@ -162,7 +158,7 @@ def main(argv):
                 f"--at_label={FLAGS.at_label}: not a seed-0 run of --ledger={FLAGS.ledger}"
             )
         robust = init_from.load_network(FLAGS.model, "--model")
-        arrays = data.load(cfg.data.dataset, data_dir=cfg.data.data_dir)
+        arrays = frontier.protocol_data(cfg)
     except (ValueError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -171,7 +167,7 @@ def main(argv):
     record = json.load(open(path)) if os.path.exists(path) else {"curves": {}}
     record.update(
         model=FLAGS.model,
-        model_sha256=ledger.sha256(init_from._keras_file(FLAGS.model)),  # noqa: SLF001
+        model_sha256=ledger.sha256(init_from.keras_file(FLAGS.model)),
         protocol=FLAGS.protocol,
         free_window_learning_rate=base_lr,
         reference=reference,
@@ -204,17 +200,7 @@ def main(argv):
                 continue
             start = time.time()
             lr = base_lr * multiplier
-            natural = tradeoff.fine_tune(
-                robust,
-                data.train_dataset(
-                    arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
-                ),
-                steps=s,
-                learning_rate=lr,
-                momentum=cfg.optimisation.momentum,
-                weight_decay=cfg.optimisation.natural_weight_decay,
-                seed=cfg.runtime.seed,
-            )
+            natural = frontier.natural_fine_tune(robust, arrays, cfg, steps=s, learning_rate=lr)
             tuned = time.time() - start
             curve = tradeoff.run(
                 robust,
@@ -236,7 +222,7 @@ def main(argv):
                 "seconds": {"fine_tune": tuned, "total": time.time() - start},
                 **curve_summary(curve["points"], list(reference.values()), at),
             }
-            _write(record, path)
+            files.write_json(path, record, indent=1)
             c = record["curves"][key]
             logging.warning(
                 "%s: drift %.2f, gain at %.4f: %s, largest %s (%.0f s)",
@@ -248,13 +234,7 @@ def main(argv):
                 c["seconds"]["total"],
             )
 
-    _write(record, path)
-
-
-def _write(record: dict, path: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
+    files.write_json(path, record, indent=1)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def _flag_error(exc: Exception) -> str:
     return text
 
 
-def _protocol(workdir: str | None, protocol: str | None, out: str):
+def protocol_config(workdir: str | None, protocol: str | None, out: str):
     """The run's (or the flagfile's) validated `Config`; its `--workdir` is set to `out` (the
     config requires one; nothing of the run is written)."""
     from generalist_tf import cli, config
@@ -123,11 +123,38 @@ def _protocol(workdir: str | None, protocol: str | None, out: str):
     return config.from_flags(values.flag_values_dict())
 
 
+def protocol_data(cfg):
+    """The protocol's dataset, as training loads it (its `--train_examples` subset included)."""
+    from generalist_tf import data
+
+    return data.load(
+        cfg.data.dataset,
+        data_dir=cfg.data.data_dir,
+        train_examples=cfg.data.train_examples or None,
+    )
+
+
+def natural_fine_tune(robust, arrays, cfg, *, steps: int, learning_rate: float):
+    """`tradeoff.fine_tune` of `robust` on the protocol's training stream, with its batch size,
+    momentum, natural weight decay and seed (the natural learner's settings)."""
+    from generalist_tf import data
+
+    return frontier.fine_tune(
+        robust,
+        data.train_dataset(arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed),
+        steps=steps,
+        learning_rate=learning_rate,
+        momentum=cfg.optimisation.momentum,
+        weight_decay=cfg.optimisation.natural_weight_decay,
+        seed=cfg.runtime.seed,
+    )
+
+
 def _free_window(workdir: str, learners: str) -> tuple[str, str, dict]:
     from generalist_tf.algorithm import callbacks
 
     folder = os.path.join(workdir, callbacks.FREE_WINDOW)
-    meta = os.path.join(folder, "epoch.json")
+    meta = os.path.join(folder, callbacks.FREE_WINDOW_META)
     if not os.path.exists(meta):
         raise ValueError(
             f"--workdir={workdir}: no {callbacks.FREE_WINDOW}/ checkpoint (a Generalist run "
@@ -176,17 +203,9 @@ def main(argv):
             raise ValueError("--out is required")
         frontier.parse_operating_point(FLAGS.operating_point)
         frontier.grid(FLAGS.points)
-        if FLAGS.model and not FLAGS.natural:
-            if FLAGS.natural_steps < 1:
-                raise ValueError(
-                    f"--natural_steps must be >= 1 with --model and no --natural, got "
-                    f"{FLAGS.natural_steps}"
-                )
-            if not FLAGS.natural_learning_rate > 0:
-                raise ValueError(
-                    f"--natural_learning_rate must be > 0, got {FLAGS.natural_learning_rate}"
-                )
-        cfg = _protocol(FLAGS.workdir, FLAGS.protocol, FLAGS.out)
+        if FLAGS.model and not FLAGS.natural:  # the fine-tune runs: its budget, before any work
+            frontier.check_fine_tune(FLAGS.natural_steps, FLAGS.natural_learning_rate, min_steps=1)
+        cfg = protocol_config(FLAGS.workdir, FLAGS.protocol, FLAGS.out)
         provenance = {}
         if FLAGS.workdir:
             robust_path, natural_path, provenance = _free_window(FLAGS.workdir, FLAGS.learners)
@@ -202,11 +221,7 @@ def main(argv):
                 frontier.check_same_architecture(robust, natural)
             except ValueError as e:
                 raise ValueError(f"--natural={FLAGS.natural}: {e}") from None
-        arrays = data.load(
-            cfg.data.dataset,
-            data_dir=cfg.data.data_dir,
-            train_examples=cfg.data.train_examples or None,
-        )
+        arrays = protocol_data(cfg)
     except (ValueError, data.DataError) as e:
         print(f"error: {_flag_error(e)}", file=sys.stderr)
         sys.exit(2)
@@ -218,17 +233,12 @@ def main(argv):
             FLAGS.natural_steps,
             FLAGS.natural_learning_rate,
         )
-        dataset = data.train_dataset(
-            arrays, batch_size=cfg.optimisation.batch_size, seed=cfg.runtime.seed
-        )
-        natural = frontier.fine_tune(
+        natural = natural_fine_tune(
             robust,
-            dataset,
+            arrays,
+            cfg,
             steps=FLAGS.natural_steps,
             learning_rate=FLAGS.natural_learning_rate,
-            momentum=cfg.optimisation.momentum,
-            weight_decay=cfg.optimisation.natural_weight_decay,
-            seed=cfg.runtime.seed,
         )
         provenance.update(
             natural_steps=FLAGS.natural_steps, natural_learning_rate=FLAGS.natural_learning_rate

@@ -146,8 +146,8 @@ def keep_models(ledger_path: str, label: str, seed: int, sources: dict[str, str]
         suffix = "" if role == "exported" else f"_{role}"
         target = os.path.join(folder, f"{label}_seed{seed}{suffix}.keras")
         os.makedirs(folder, exist_ok=True)
-        shutil.copyfile(source, target + ".tmp")
-        os.replace(target + ".tmp", target)
+        with files.staged(target) as staging:  # a kept model is replaced only by a whole one
+            shutil.copyfile(source, staging)
         kept[role] = {
             "path": os.path.relpath(target, os.path.dirname(ledger_path) or "."),
             "sha256": sha256(target),

@@ -21,18 +21,24 @@ TABLE_REFERENCES = {
 }
 
 
+def is_reference(label: str) -> bool:
+    """A reference point of the frontier: a reference-frontier run or a baseline row."""
+    return label in REFERENCE_FRONTIER or label in TABLE_REFERENCES
+
+
 def reference_runs(runs: list[Run], seed: int = 0) -> list[tuple[str, Run]]:
     """(description, run) of every reference point of `seed`: the reference-frontier runs and
     the main table's standard, PGD-AT and TRADES rows."""
-    found = []
-    for run in runs:
-        if run.seed != seed:
-            continue
-        if run.label in REFERENCE_FRONTIER:
-            found.append((REFERENCE_FRONTIER[run.label][0], run))
-        elif run.label in TABLE_REFERENCES:
-            found.append((TABLE_REFERENCES[run.label], run))
-    return found
+    return [
+        (
+            REFERENCE_FRONTIER[r.label][0]
+            if r.label in REFERENCE_FRONTIER
+            else TABLE_REFERENCES[r.label],
+            r,
+        )
+        for r in runs
+        if r.seed == seed and is_reference(r.label)
+    ]
 
 
 def point(run: Run) -> tuple[float, float]:

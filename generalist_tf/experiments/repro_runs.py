@@ -157,8 +157,11 @@ def kept_model_files(workdir: str) -> dict[str, str]:
     `exported`: the exported G; for Generalist runs also the free-window EMAs that
     `frontier` interpolates (`<workdir>/free_window/<learner>.keras`, when the run wrote them).
     """
-    files_ = {"exported": os.path.join(workdir, "export.keras")}
-    folder = os.path.join(workdir, "free_window")
+    from generalist_tf import export, train
+    from generalist_tf.algorithm import callbacks
+
+    files_ = {"exported": export.keras_path(os.path.join(workdir, train.EXPORT_BEST))}
+    folder = os.path.join(workdir, callbacks.FREE_WINDOW)
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".keras"):

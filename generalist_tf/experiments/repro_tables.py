@@ -348,9 +348,7 @@ def write_results(
             *ablation_reading(runs, list(ablation_runs)),
             "",
         ]
-    frontier_plot = (
-        "frontier_" + spec.plot.split("_", 1)[-1] if "_" in spec.plot else "frontier.png"
-    )
+    frontier_plot = spec.plot.replace("tradeoff", "frontier")
     drift_path = os.path.join(os.path.dirname(path), drift_file(spec))
     frontier_lines = repro_frontier.section([*runs, *frontier_runs], drift_path, frontier_plot)
     text += frontier_lines
