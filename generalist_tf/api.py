@@ -29,9 +29,9 @@ import tensorflow as tf
 
 import generalist_tf
 from generalist_tf import defaults, init_from, tradeoff
-from generalist_tf.algorithm import generalist, learners, optimizers, schedules
+from generalist_tf.algorithm import generalist, learners, optimizers, schedules, variants
 from generalist_tf.algorithm.schedules import Communication  # noqa: F401 (public: gtf.Communication)
-from generalist_tf.algorithm.variants import CUSTOM, VARIANTS
+from generalist_tf.algorithm.variants import VARIANTS  # noqa: F401 (public: gtf.VARIANTS)
 from generalist_tf.attacks import budget
 from generalist_tf.attacks.budget import Attack
 
@@ -130,36 +130,31 @@ def build_generalist(
     Raises:
       ValueError: a one-line message naming the bad argument.
     """
+    # The checks of the command line, run here for both doors (the flags' names there).
+    budget.check_count("epochs", epochs, 1)
+    budget.check_count("steps_per_epoch", steps_per_epoch, 1)
     schedules.check_ema_decay(ema_decay)
     schedules.check_trades_beta(trades_beta)
-    if variant == CUSTOM:
-        if not tasks or not mixing:
-            raise ValueError("variant='custom' needs tasks and mixing")
-        task_names, communicate = tuple(tasks), len(tasks) > 1
-    elif variant in VARIANTS:
-        if tasks:
-            raise ValueError(f"tasks is only read with variant='custom', got variant={variant!r}")
-        task_names, communicate = VARIANTS[variant].learners, VARIANTS[variant].communicate
-        mixing = mixing or VARIANTS[variant].mixing
-    else:
-        raise ValueError(f"variant={variant!r} is unknown; choose one of {', '.join(VARIANTS)}")
-    unknown = [n for n in task_names if n not in learners.LEARNERS]
-    if unknown:
-        raise ValueError(f"tasks: unknown {unknown}; choose from {', '.join(learners.LEARNERS)}")
-    weights = schedules.parse_mixing(mixing) if isinstance(mixing, str) else dict(mixing)
+    schedules.check_momentum(momentum)
+    schedules.check_weight_decay(natural_weight_decay, "natural_weight_decay")
+    schedules.check_weight_decay(robust_weight_decay, "robust_weight_decay")
+    schedules.check_scale(natural_lr_scale, "natural_lr_scale")
+    if isinstance(learning_rate, str):
+        learning_rate = schedules.parse_points(learning_rate, flag="learning_rate")
+    schedules.check_learning_rate(learning_rate)
+    task_names, mixing, communicate = variants.resolve(variant, tasks, mixing)
+    weights = (
+        schedules.parse_mixing(mixing, flag="mixing") if isinstance(mixing, str) else dict(mixing)
+    )
     schedules.check_mixing(weights, task_names, epochs, flag="mixing")
-    if communication == "default":
-        communication = (
-            schedules.Communication(
-                defaults.COMMUNICATION_START,
-                defaults.COMMUNICATION_PERIOD,
-                defaults.COMMUNICATION_MODE,
-            )
-            if communicate
-            else None
-        )
-    elif not communicate:
+    if not communicate:
         communication = None
+    elif communication == "default":
+        communication = schedules.Communication(
+            defaults.COMMUNICATION_START, defaults.COMMUNICATION_PERIOD, defaults.COMMUNICATION_MODE
+        )
+    if communication is not None:
+        communication.check(epochs)
     if eval_attack is None:
         eval_attack = budget.validation_attack(linf_attack.epsilon)
 
@@ -176,14 +171,11 @@ def build_generalist(
         network.set_weights(theta_0)
         return network
 
-    if isinstance(learning_rate, str):
-        learning_rate = schedules.parse_points(learning_rate, flag="learning_rate")
     lr = optimizers.EpochSchedule(
         learning_rate,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
     )
-    schedules.check_scale(natural_lr_scale, "natural_lr_scale")
     # The natural learner's rate is scaled in its free windows: from the first redistribution
     # on (before it, the learner is an ordinary clean training that the redistribution replaces).
     natural_lr = optimizers.EpochSchedule(
@@ -225,18 +217,18 @@ def build_generalist(
         base_learners,
         global_network,
         copy_of_theta_0(),
+        algorithm=generalist.AlgorithmSettings(
+            build_network=build_network,
+            mixing=weights,
+            communication=communication,
+            epochs=epochs,
+            select_metric=select_metric,
+            select_clean_floor=select_clean_floor,
+        ),
         eval_attack=eval_attack,
         ema_alpha=ema_decay,
         jit_compile=jit_compile,
         seed=seed,
-    )
-    model.configure_algorithm(
-        build_network=build_network,
-        mixing=weights,
-        communication=communication,
-        epochs=epochs,
-        select_metric=select_metric,
-        select_clean_floor=select_clean_floor,
     )
     return model
 

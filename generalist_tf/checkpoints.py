@@ -159,9 +159,7 @@ class Manager:
         previous = [os.path.basename(p) for p in state.all_model_checkpoint_paths] if state else []
         names = [p for p in previous if p != name] + [name]
         kept, dropped = names[-self.keep :], names[: -self.keep]
-        tf.compat.v1.train.update_checkpoint_state(
-            self.directory, name, all_model_checkpoint_paths=kept
-        )
+        _write_state(self.directory, name, kept)
         for old in dropped:
             for f in tf.io.gfile.glob(os.path.join(self.directory, old) + ".*"):
                 tf.io.gfile.remove(f)
@@ -175,6 +173,23 @@ class Manager:
         """Deletes a non-chief worker's scratch directory."""
         if not self.chief:
             tf.io.gfile.rmtree(self.directory) if tf.io.gfile.exists(self.directory) else None
+
+
+def _write_state(directory: str, latest: str, kept: list[str]) -> None:
+    """Commits `latest` (and the `kept` list) in `<directory>/checkpoint`, atomically.
+
+    The file is TensorFlow's `CheckpointState` in protobuf text format, which
+    `tf.train.latest_checkpoint` and `tf.train.get_checkpoint_state` read; written here because
+    TensorFlow's writer (`tf.compat.v1.train.update_checkpoint_state`) is deprecated. Staged in a
+    temporary file and renamed over the old state, so a crash leaves the previous commit.
+    """
+    lines = [f'model_checkpoint_path: "{latest}"']
+    lines += [f'all_model_checkpoint_paths: "{name}"' for name in kept]
+    path = os.path.join(directory, "checkpoint")
+    staging = f"{path}.tmp{os.getpid()}"
+    with tf.io.gfile.GFile(staging, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    tf.io.gfile.rename(staging, path, overwrite=True)
 
 
 def _maybe_fault(point: str, count: int) -> None:

@@ -1,7 +1,7 @@
 """Every command-line flag of generalist_tf, defined in one place (`define_flags`).
 
 Importing this module defines nothing; `main` calls `define_flags()` once. Defaults are the
-official CIFAR-10 ResNet-18 hyperparameters (ALGORITHM.md); flagfiles override them.
+official CIFAR-10 ResNet-18 hyperparameters (generalist_tf/docs/algorithm.md); flagfiles override them.
 """
 
 from __future__ import annotations
@@ -272,20 +272,51 @@ def write_flags(flag_values: flags.FlagValues, path: str) -> None:
     files.write_text(path, header + "\n".join(line for line in lines if line) + "\n")
 
 
+def _flagfile_path(path: str) -> str:
+    """A flagfile's path: as given when absolute or present from here, else from the root."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(ROOT, path)
+
+
+def expand_flagfiles(args) -> list[str]:
+    """`args` with every `--flagfile=PATH` replaced by that file's flags, nested files included.
+
+    The file format is absl's: one flag per line; blank lines and lines starting with `#` or
+    `//` are skipped. A relative PATH is read from the current directory when it exists there,
+    else from the repository root (the shipped flagfiles nest by paths from the root).
+
+    Raises:
+      flags.Error: a flagfile that cannot be read, naming it.
+    """
+    expanded = []
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if name not in ("--flagfile", "-flagfile"):
+            expanded.append(arg)
+            continue
+        path = _flagfile_path(value)
+        try:
+            with open(path) as f:
+                lines = [line.strip() for line in f]
+        except OSError as e:
+            raise flags.Error(f"--flagfile={value}: cannot read it ({e.strerror})") from None
+        lines = [line for line in lines if line and not line.startswith(("#", "//"))]
+        expanded.extend(expand_flagfiles(lines))
+    return expanded
+
+
 def parse(*args: str) -> flags.FlagValues:
     """A fresh FlagValues with every flag, parsed from `args` (no program name).
 
-    Relative paths (`--flagfile=flags/...`, and the nested flagfile lines of the shipped
-    flagfiles) are read from the repository root, as the README's commands run.
+    Relative flagfile paths (`--flagfile=flags/...`, and the nested flagfile lines of the
+    shipped flagfiles) are read from the repository root when they are not found from the
+    current directory, as the README's commands run (`expand_flagfiles`); the process's working
+    directory is never changed.
     """
     values = flags.FlagValues()
     define_flags(values)
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        values(["generalist_tf", *args])
-    finally:
-        os.chdir(cwd)
+    values(["generalist_tf", *expand_flagfiles(args)])
     return values
 
 

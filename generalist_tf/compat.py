@@ -182,3 +182,50 @@ def mirrored_strategy(devices) -> tf.distribute.MirroredStrategy:
     """A MirroredStrategy on `devices` whose collective keys no earlier strategy used."""
     fresh_collective_keys()
     return tf.distribute.MirroredStrategy(list(devices))
+
+
+# --- private names --------------------------------------------------------------------------
+# Every Keras / TensorFlow private name the package reads, and the version each was checked
+# against. Only this module touches them (`tests/test_compat.py` scans the package for a private
+# attribute used anywhere else, and checks that each one below still exists where it is read).
+PRIVATE_NAMES = {
+    "keras.layers.Layer._flatten_layers": "3.15.1",
+    "keras.layers.BatchNormalization._moments": "3.15.1",
+    "keras.layers.BatchNormalization._reduction_axes": "3.15.1 (set by build)",
+    "keras.Model._flatten_metrics_in_order": "3.15.1",
+    "keras.Model._distribute_strategy": "3.15.1 (set by the trainer)",
+    "keras.Model._maybe_symbolic_build": "3.15.1",
+    "keras.Model._eval_epoch_iterator": "3.15.1 (set by fit)",
+    "keras.Model._compile_metrics": "3.15.1 (set by compile)",
+    "keras.Model._compile_loss": "3.15.1 (set by compile)",
+    "keras.optimizers.Optimizer._get_variable_index": "3.15.1",
+    "keras.src.backend.tensorflow.trainer.reduce_per_replica": "3.15.1",
+    "tf.distribute.MirroredStrategy._collective_key_base": "TF 2.21.0",
+}
+
+
+def all_layers(layer) -> list:
+    """`layer` and every layer inside it, however nested (attributes included, not only the
+    functional graph's `layers`): Keras' private `Layer._flatten_layers`."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def batch_moments(batch_norm, x):
+    """Mean and biased variance of `x` over a BatchNormalization layer's reduction axes, reduced
+    over every replica when the layer is `synchronized` (Keras' private `_moments`)."""
+    return batch_norm._moments(x, None)
+
+
+def reduction_axes(batch_norm) -> list[int]:
+    """The axes a built BatchNormalization layer reduces over (Keras' private attribute)."""
+    return batch_norm._reduction_axes
+
+
+def flatten_logs(model, logs: dict):
+    """Keras' list form of `evaluate`'s logs (`return_dict=False`): its private ordering."""
+    return model._flatten_metrics_in_order(logs)
+
+
+def variable_index(optimizer, variable) -> int:
+    """The slot index of `variable` in a Keras optimizer (its private `_get_variable_index`)."""
+    return optimizer._get_variable_index(variable)

@@ -3,7 +3,7 @@
 The command line's flags (`cli.define_flags`), the config and the Python API
 (`api.build_generalist`, `api.frontier`, the learners and the optimizer) read these names, so the
 two doors run one algorithm; `tests/test_defaults.py` compares the two doors parameter by
-parameter. The values are the official CIFAR-10 ResNet-18 recipe (ALGORITHM.md); flagfiles and
+parameter. The values are the official CIFAR-10 ResNet-18 recipe (generalist_tf/docs/algorithm.md); flagfiles and
 arguments override them per experiment. Pure Python: importing it starts nothing.
 """
 

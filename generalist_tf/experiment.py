@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from generalist_tf import api, checkpoints, data, distribute, models, timing
+from generalist_tf import api, checkpoints, data, distribute, init_from, models, timing
 from generalist_tf.algorithm import generalist
 from generalist_tf.config import Config
 
@@ -67,6 +67,7 @@ def network_builder(config: Config, arrays: data.Arrays) -> Callable[[], keras.M
             mean=mean,
             std=std,
             bn_moving_variance=config.model.bn_moving_variance,
+            argument="--model",
             **config.model.model_kwargs,
         )
 
@@ -76,7 +77,20 @@ def network_builder(config: Config, arrays: data.Arrays) -> Callable[[], keras.M
 def build_model(config: Config, build_network, steps_per_epoch: int) -> generalist.Generalist:
     """The config's compiled Generalist through the public API (`api.build_generalist`: one code
     path for the command line and Python users); call inside `strategy.scope()`."""
-    model = api.build_generalist(
+    try:
+        model = _build_generalist(config, build_network, steps_per_epoch)
+    except init_from.InitError as e:
+        # The library names its argument (`init=`); the command line names the flag.
+        message = str(e)
+        if message.startswith("init="):
+            message = "--init_from=" + message[len("init=") :]
+        raise init_from.InitError(message) from None
+    model.compile(steps_per_execution=config.runtime.steps_per_execution)
+    return model
+
+
+def _build_generalist(config: Config, build_network, steps_per_epoch: int):
+    return api.build_generalist(
         build_network,
         epochs=config.optimisation.epochs,
         steps_per_epoch=steps_per_epoch,
@@ -101,8 +115,6 @@ def build_model(config: Config, build_network, steps_per_epoch: int) -> generali
         jit_compile=config.runtime.jit_compile,
         clean_accuracy=config.evaluation.train_clean_accuracy,
     )
-    model.compile(steps_per_execution=config.runtime.steps_per_execution)
-    return model
 
 
 def steps_per_epoch(config: Config, num_train: int) -> int:

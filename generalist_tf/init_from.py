@@ -39,20 +39,23 @@ def keras_file(path: str) -> str | None:
     return None
 
 
-def load_into(network: keras.Model, path: str) -> None:
+def load_into(network: keras.Model, path: str, argument: str = "init") -> None:
     """Copies the weights of the network at `path` into `network`, all or nothing.
+
+    `argument` is how the caller names `path` in errors (`init` from Python; the command line
+    renames it `--init_from`).
 
     Raises:
       InitError: no readable source at `path`, or weights whose shapes differ (naming the
         first mismatching weight and both shapes).
     """
     if keras_file(path) is not None:
-        _assign(network, load_network(path, "--init_from").weights, path)
+        _assign(network, load_network(path, argument).weights, f"{argument}={path}")
         return
     prefix = _checkpoint_prefix(path)
     if prefix is None:
         raise InitError(
-            f"--init_from={path}: neither a .keras file, an export with its .keras twin, a "
+            f"{argument}={path}: neither a .keras file, an export with its .keras twin, a "
             "workdir with export.keras, nor a checkpoint"
         )
     # G of our checkpoint (key `global`, `checkpoints.tracked_objects`), matched by object graph.
@@ -61,21 +64,20 @@ def load_into(network: keras.Model, path: str) -> None:
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise InitError(f"--init_from={path}: {prefix} does not fit the model ({first})")
+        raise InitError(f"{argument}={path}: {prefix} does not fit the model ({first})")
 
 
-def _assign(network: keras.Model, values, path: str) -> None:
+def _assign(network: keras.Model, values, source: str) -> None:
     targets = network.weights
     if len(values) != len(targets):
         raise InitError(
-            f"--init_from={path}: {len(values)} weights, the model has {len(targets)} "
-            "(another architecture?)"
+            f"{source}: {len(values)} weights, the model has {len(targets)} (another architecture?)"
         )
     for target, value in zip(targets, values):
         shape = tuple(getattr(value, "shape", ()))
         if shape != tuple(target.shape):
             raise InitError(
-                f"--init_from={path}: weight {target.path} has shape {tuple(target.shape)} in "
+                f"{source}: weight {target.path} has shape {tuple(target.shape)} in "
                 f"the model but {shape} in the source"
             )
     for target, value in zip(targets, values):

@@ -8,7 +8,7 @@ variance; `BatchNorm`) and is synchronized across replicas: with the default, ea
 `MirroredStrategy` keeps its own moving statistics, which silently diverge, while checkpoints,
 export and the Generalist weight mixing read only replica 0's copy.
 
-Initialisation follows each architecture's reference (ALGORITHM.md, "Initialisation"): the
+Initialisation follows each architecture's reference (generalist_tf/docs/algorithm.md, "Initialisation"): the
 ResNets keep PyTorch's defaults, the WRN and the SmallCNN their authors' explicit schemes.
 """
 
@@ -21,8 +21,13 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from generalist_tf import names
-from generalist_tf.names import BN_MOVING_VARIANCE, is_user_model, user_builder  # noqa: F401
+from generalist_tf import compat, names
+from generalist_tf.names import (  # noqa: F401
+    BN_MOVING_VARIANCE,
+    check_bn_moving_variance,
+    is_user_model,
+    user_builder,
+)
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -36,7 +41,7 @@ class BatchNorm(layers.BatchNormalization):
     the moving variance with the unbiased one, `var * n / (n - 1)` with `n` the number of
     values per channel (batch x H x W, over all replicas when synchronized); Keras with the
     biased one. Inference-mode attacks read the moving statistics, so the convention changes
-    the robust learner's training examples (ALGORITHM.md, "BatchNorm moving variance").
+    the robust learner's training examples (generalist_tf/docs/algorithm.md, "BatchNorm moving variance").
 
     Args:
       moving_variance: `unbiased` (PyTorch's, the paper's) or `biased` (Keras').
@@ -44,10 +49,7 @@ class BatchNorm(layers.BatchNormalization):
     """
 
     def __init__(self, *, moving_variance: str = "unbiased", **kwargs):
-        if moving_variance not in BN_MOVING_VARIANCE:
-            raise ValueError(
-                f"--bn_moving_variance must be one of {BN_MOVING_VARIANCE}, got {moving_variance!r}"
-            )
+        check_bn_moving_variance(moving_variance, "moving_variance")
         super().__init__(**kwargs)
         self.moving_variance_convention = moving_variance
 
@@ -60,12 +62,15 @@ class BatchNorm(layers.BatchNormalization):
         )
         if not (training and self.trainable and plain):
             return super().call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, "float32")
-        mean, variance = self._moments(x, None)
-        n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), self._reduction_axes)), "float32")
+        # The statistics in the variables' dtype: float32 under the mixed policies (as Keras'
+        # own layer), float64 under a float64 policy.
+        dtype = self.moving_mean.dtype
+        x = tf.cast(inputs, dtype)
+        mean, variance = compat.batch_moments(self, x)
+        n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), compat.reduction_axes(self))), dtype)
         context = tf.distribute.get_replica_context()
         if self.synchronized and context is not None:
-            n *= context.num_replicas_in_sync  # `_moments` reduced over every replica.
+            n *= context.num_replicas_in_sync  # the moments were reduced over every replica.
         unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
@@ -74,8 +79,8 @@ class BatchNorm(layers.BatchNormalization):
             x,
             mean,
             variance,
-            offset=None if self.beta is None else tf.cast(self.beta, "float32"),
-            scale=None if self.gamma is None else tf.cast(self.gamma, "float32"),
+            offset=None if self.beta is None else tf.cast(self.beta, dtype),
+            scale=None if self.gamma is None else tf.cast(self.gamma, dtype),
             variance_epsilon=self.epsilon,
         )
         return tf.cast(outputs, self.compute_dtype)
@@ -229,10 +234,7 @@ def wide_resnet(
     N(0, sqrt(2 / (k * k * C_out))), BN gamma 1 and beta 0, the classifier's bias 0 (its weight
     keeps PyTorch's default).
     """
-    if (depth - 4) % 6 != 0 or depth < 10:
-        raise ValueError(f"--wrn_depth must be 6n+4 and at least 10, got {depth}")
-    if width < 1:
-        raise ValueError(f"--wrn_width must be at least 1, got {width}")
+    names.check_wide_resnet(depth, width)
     blocks = (depth - 4) // 6
     inputs = keras.Input(input_shape)
     x = _conv(16, 3, initializer=_wrn_conv_kernel())(_stem(inputs, mean, std))
@@ -299,6 +301,7 @@ def build(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     bn_moving_variance: str = "unbiased",
+    argument: str = "name",
     **kwargs,
 ) -> keras.Model:
     """Builds a model from the registry.
@@ -311,6 +314,7 @@ def build(
       mean, std: optional per-channel normalisation applied inside the model.
       bn_moving_variance: `unbiased` (PyTorch's convention) or `biased` (Keras'); see
         `BatchNorm`.
+      argument: how errors name `name` (`name`; the command line's `--model`).
       **kwargs: architecture arguments (`depth`, `width` for `wide_resnet`).
 
     Returns:
@@ -321,16 +325,15 @@ def build(
     """
     if is_user_model(name):
         # The user's own network: their layers, their BatchNorm and their normalisation.
-        network = user_builder(name)(tuple(input_shape), num_classes)
+        network = user_builder(name, argument)(tuple(input_shape), num_classes)
         if not isinstance(network, keras.Model):
-            raise ValueError(f"--model={name} returned {type(network).__name__}, not a keras.Model")
+            raise ValueError(
+                f"{argument}={name} returned {type(network).__name__}, not a keras.Model"
+            )
         return network
     if name not in MODELS:
-        raise ValueError(f"--model={name!r} is unknown; choose one of {', '.join(MODELS)}")
-    if bn_moving_variance not in BN_MOVING_VARIANCE:
-        raise ValueError(
-            f"--bn_moving_variance must be one of {BN_MOVING_VARIANCE}, got {bn_moving_variance!r}"
-        )
+        raise ValueError(f"{argument}={name!r} is unknown; choose one of {', '.join(MODELS)}")
+    check_bn_moving_variance(bn_moving_variance)
     _bn_convention[0] = bn_moving_variance
     try:
         return MODELS[name](tuple(input_shape), num_classes, mean=mean, std=std, **kwargs)

@@ -26,6 +26,13 @@ NPZ_PREFIX = "npz:"
 MODELS = ("resnet18", "preact_resnet18", "wide_resnet", "small_cnn", "digits_cnn")
 BN_MOVING_VARIANCE = ("unbiased", "biased")
 
+
+def check_bn_moving_variance(value: str, argument: str = "bn_moving_variance") -> None:
+    """BatchNorm's moving-variance convention must be one of `BN_MOVING_VARIANCE`."""
+    if value not in BN_MOVING_VARIANCE:
+        raise ValueError(f"{argument} must be one of {BN_MOVING_VARIANCE}, got {value!r}")
+
+
 # The learner tasks of `algorithm/learners.LEARNERS` and the threat models each trains against
 # (what the evaluation compares its epsilons with).
 TRAINING_NORMS: dict[str, tuple[str, ...]] = {
@@ -79,19 +86,28 @@ def is_user_model(name: str) -> bool:
     return ":" in name
 
 
-def user_builder(name: str):
+def check_wide_resnet(depth: int, width: int, prefix: str = "") -> None:
+    """A WRN-depth-width must have depth 6n+4 >= 10 and width >= 1 (`<prefix>depth`, ...)."""
+    if (depth - 4) % 6 != 0 or depth < 10:
+        raise ValueError(f"{prefix}depth must be 6n+4 and at least 10, got {depth}")
+    if width < 1:
+        raise ValueError(f"{prefix}width must be at least 1, got {width}")
+
+
+def user_builder(name: str, argument: str = "model"):
     """The function `package.module:function` names: `build(image_shape, num_classes)` returning
     a fresh `keras.Model` from [0, 1] images to logits (`--model=my_nets:build`).
 
     Raises:
-      ValueError: the module does not import or has no such function (one line naming --model).
+      ValueError: the module does not import or has no such function (one line naming
+        `argument`: `model` from Python, `--model` on the command line).
     """
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"--model={name}: cannot import {module_name!r} ({e})") from None
+        raise ValueError(f"{argument}={name}: cannot import {module_name!r} ({e})") from None
     function = getattr(module, attribute, None)
     if not callable(function):
-        raise ValueError(f"--model={name}: {module_name} has no function {attribute!r}")
+        raise ValueError(f"{argument}={name}: {module_name} has no function {attribute!r}")
     return function

@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 
 import keras
 
+from generalist_tf import compat
+
 # `--precision` -> Keras' global dtype policy (variables stay float32 under the mixed ones).
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -39,7 +41,7 @@ def float32_compute(networks: Iterable[keras.Model]) -> Iterator[None]:
     """
     saved = []
     for network in networks:
-        for layer in network._flatten_layers(include_self=True, recursive=True):
+        for layer in compat.all_layers(network):
             if layer.dtype_policy.name != "float32":
                 saved.append((layer, layer.dtype_policy))
                 layer.dtype_policy = "float32"

@@ -11,7 +11,7 @@ import tensorflow as tf
 from absl import flags
 
 from generalist_tf import cli, compat, config, data
-from generalist_tf.algorithm import generalist, learners, mixing, optimizers
+from generalist_tf.algorithm import generalist, learners, mixing, optimizers, schedules
 from generalist_tf.experiments import repro_suites
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def bn_network():
     return keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(x))
 
 
-def build_model(alpha=0.999, random_start=True):
+def build_model(alpha=0.999, random_start=True, communication=None, epochs=2):
     attack = learners.Attack("linf", 0.1, 0.05, 1, random_start=random_start)
     base = []
     for task in TASKS:
@@ -73,8 +73,21 @@ def build_model(alpha=0.999, random_start=True):
         learner.optimizer.build(learner.network.trainable_variables)
         base.append(learner)
     return generalist.Generalist(
-        base, bn_network(), bn_network(), eval_attack=attack, ema_alpha=alpha
+        base,
+        bn_network(),
+        bn_network(),
+        algorithm=algorithm_settings(bn_network, TASKS, epochs, communication),
+        eval_attack=attack,
+        ema_alpha=alpha,
     )
+
+
+def algorithm_settings(
+    build_network, tasks, epochs=2, communication=None
+) -> generalist.AlgorithmSettings:
+    """Equal constant weights (no redistribution by default): what `fit` runs."""
+    weights = schedules.parse_mixing(";".join(f"{t}=0:{1 / len(tasks)}" for t in tasks))
+    return generalist.AlgorithmSettings(build_network, weights, communication, epochs)
 
 
 def set_known_weights(model, rng):

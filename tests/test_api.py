@@ -57,14 +57,11 @@ def small_network(softmax=False, classes=10):
 
 
 def build(**kwargs):
-    return gtf.build_generalist(
-        kwargs.pop("network", small_network),
-        epochs=3,
-        steps_per_epoch=2,
-        linf_attack=gtf.Attack("linf", 0.1, 0.05, 1),
-        communication=None,
-        **kwargs,
-    )
+    kwargs.setdefault("epochs", 3)
+    kwargs.setdefault("steps_per_epoch", 2)
+    kwargs.setdefault("linf_attack", gtf.Attack("linf", 0.1, 0.05, 1))
+    kwargs.setdefault("communication", None)
+    return gtf.build_generalist(kwargs.pop("network", small_network), **kwargs)
 
 
 def dataset(x, y):
@@ -101,11 +98,14 @@ def test_fit_checks_the_pipeline_before_any_work(images, labels, message):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="variant='generalist_x' is unknown"):
         build(variant="generalist_x")
-    with pytest.raises(ValueError, match="variant='custom' needs tasks and mixing"):
+    with pytest.raises(ValueError, match="^variant=custom needs tasks and mixing"):
         build(variant="custom", tasks=["natural", "linf_pgd"])
     with pytest.raises(ValueError, match=r"tasks: unknown \['linf_fgsm'\]"):
         build(variant="custom", tasks=["linf_fgsm"], mixing="linf_fgsm=0:1")
-    with pytest.raises(ValueError, match="tasks is only read with variant='custom'"):
+    with pytest.raises(
+        ValueError,
+        match="^tasks is only read with variant=custom, got tasks=natural with variant=pgd_at",
+    ):
         build(variant="pgd_at", tasks=["natural"])
     model = build(
         variant="custom", tasks=["natural", "linf_pgd"], mixing="natural=0:0.5;linf_pgd=0:0.5"
@@ -229,6 +229,13 @@ def test_a_callback_fit_attaches_itself_is_refused_not_dropped():
     [
         ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\), got 1.0"),
         ("trades_beta", -1.0, "trades_beta must be >= 0, got -1.0"),
+        ("momentum", 1.0, r"momentum must be in \[0, 1\), got 1.0"),
+        ("natural_weight_decay", -1.0, "natural_weight_decay must be >= 0, got -1.0"),
+        ("robust_weight_decay", -0.5, "robust_weight_decay must be >= 0, got -0.5"),
+        ("learning_rate", "0:0.1,1:0", "learning_rate values must be > 0, got 0:0.1,1:0"),
+        ("epochs", 0, "epochs must be an integer >= 1, got 0"),
+        ("variant", "generalist_x", "variant='generalist_x' is unknown"),
+        ("mixing", "natural=0:1,1:1", r"mixing must give one schedule per learner"),
     ],
 )
 def test_python_refuses_what_the_command_line_refuses(argument, value, message):
@@ -239,3 +246,41 @@ def test_python_refuses_what_the_command_line_refuses(argument, value, message):
         build(**{argument: value})
     with pytest.raises(ValueError, match=f"^--{message}"):
         helpers_train.config_from("quickstart.cfg", workdir="/tmp/x", **{argument: value})
+
+
+def test_a_repeated_learner_is_refused_alike():
+    from tests import helpers_train
+
+    mixing = "natural=0:0.5,1:0.5;linf_pgd=0:0.5,1:0.5"
+    with pytest.raises(ValueError, match="^tasks must not repeat a learner, got natural,natural"):
+        build(variant="custom", tasks=["natural", "natural"], mixing=mixing)
+    with pytest.raises(ValueError, match="^--learners must not repeat a learner"):
+        helpers_train.config_from(
+            "quickstart.cfg",
+            workdir="/tmp/x",
+            variant="custom",
+            learners="natural,natural",
+            mixing=mixing,
+        )
+
+
+def test_a_communication_that_never_fires_is_refused_alike():
+    """3 epochs, first communication at epoch 7: Python names the fields, the flags theirs."""
+    from tests import helpers_train
+
+    with pytest.raises(
+        ValueError,
+        match=r"^communication.start=1 with communication.period=7 "
+        r"first communicates at epoch 7, after the last epoch 3",
+    ):
+        build(communication=gtf.Communication(1.0, 7))
+    with pytest.raises(ValueError, match="^communication.mode must be one of"):
+        build(communication=gtf.Communication(0.5, 1, "sometimes"))
+    with pytest.raises(ValueError, match=r"^--communication_start=1 with --communication_period=7"):
+        helpers_train.config_from(
+            "quickstart.cfg",
+            workdir="/tmp/x",
+            epochs=3,
+            communication_start=1,
+            communication_period=7,
+        )

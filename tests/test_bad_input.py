@@ -22,7 +22,7 @@ CONFIG_CASES = [
     ({"epsilon": "8"}, "--epsilon must be in (0, 1] for images in [0, 1], got 8"),
     ({"step_size": "0.5"}, "--step_size must be in (0, --epsilon=0.3], got 0.5"),
     ({"num_steps": "0"}, "--num_steps must be >= 1, got 0"),
-    ({"epochs": "0"}, "--epochs must be >= 1, got 0"),
+    ({"epochs": "0"}, "--epochs must be an integer >= 1, got 0"),
     ({"batch_size": "0"}, "--batch_size must be >= 1, got 0"),
     ({"mixing": "natural=0:0.5,1:0.5;linf_pgd=0:0.6,1:0.6"}, "sum to 1 at every epoch"),
     ({"mixing": "natural=0:1,1:1"}, "--mixing must give one schedule per learner"),

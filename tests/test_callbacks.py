@@ -44,16 +44,16 @@ def test_fit_redistributes_exactly_in_communication_epochs(mode, steps_per_execu
     """Real training steps: G reaches the learners only in communication epochs, once per
     step (every_batch) or once at the epoch's end, and every step updates the EMAs and G."""
     epochs, steps = 10, 3
-    model = helpers_train.build_model()
-    model.compile(steps_per_execution=steps_per_execution)
-    mix = {t: constant(1 / 3) for t in helpers_train.TASKS}
     comm = schedules.Communication(start=0.5, period=2, mode=mode)
+    # Equal weights 1/3; `fit` attaches the GeneralistCallback of these settings itself.
+    model = helpers_train.build_model(communication=comm, epochs=epochs)
+    model.compile(steps_per_execution=steps_per_execution)
     recorder = _Recorder()
     model.fit(
         helpers_train.tiny_dataset(steps),
         epochs=epochs,
         steps_per_epoch=steps,
-        callbacks=[callbacks.GeneralistCallback(mix, comm, epochs), recorder],
+        callbacks=[recorder],
         verbose=0,
     )
     # start = 0.5 * 10 = epoch 5; period 2: epochs 6, 8, 10 end with theta_i = G.

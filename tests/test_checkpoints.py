@@ -139,3 +139,16 @@ def test_checkpoint_restores_every_learner_optimizer_ema_and_counter(tmp_path):
     for key in saved:
         np.testing.assert_array_equal(restored[key], saved[key], err_msg=key)
     assert len(mixing.mixable_weights(fresh.learners[2].ema_network)) > 0
+
+
+def test_the_state_file_commits_the_latest_and_keeps_the_newest(tmp_path):
+    """Our writer of `<dir>/checkpoint` (TensorFlow's is deprecated): TensorFlow reads it back."""
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+    for step in (3, 6, 9):
+        checkpoint.write(str(tmp_path / f"ckpt-{step}"))
+    checkpoints._write_state(str(tmp_path), "ckpt-9", ["ckpt-6", "ckpt-9"])
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert os.path.basename(state.model_checkpoint_path) == "ckpt-9"
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-6", "ckpt-9"]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-9")
+    assert sorted(os.listdir(tmp_path))[0] == "checkpoint"  # no staging file left

@@ -35,5 +35,21 @@ def test_written_flags_reparse_to_the_same_config(tmp_path):
 def test_config_from_flagfile_applies_the_overrides_and_validates():
     cfg = cli.config_from_flagfile("flags/smoke.cfg", workdir="/tmp/unused", epochs=2, seed=9)
     assert (cfg.optimisation.epochs, cfg.runtime.seed) == (2, 9)
-    with pytest.raises(ValueError, match=r"^--epochs must be >= 1, got 0$"):
+    with pytest.raises(ValueError, match=r"^--epochs must be an integer >= 1, got 0$"):
         cli.config_from_flagfile("flags/smoke.cfg", workdir="/tmp/unused", epochs=0)
+
+
+def test_parse_leaves_the_working_directory_alone_and_names_a_missing_flagfile(
+    tmp_path, monkeypatch
+):
+    import os
+
+    from absl import flags
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.cfg").write_text("# mine\n--flagfile=flags/smoke.cfg\n\n--seed=3\n")
+    values = cli.parse("--flagfile=mine.cfg", "--workdir=/tmp/unused")  # here, nesting the root's
+    assert values["seed"].value == 3 and values["dataset"].value == "digits"
+    assert os.getcwd() == str(tmp_path)
+    with pytest.raises(flags.Error, match="^--flagfile=nowhere.cfg: cannot read it"):
+        cli.parse("--flagfile=nowhere.cfg")

@@ -132,3 +132,62 @@ def test_shim_reduces_scalar_logs_that_upstream_rejects():
     # When this stops raising, upstream is fixed: see compat's multi-worker notes to remove the shim.
     with pytest.raises(ValueError, match="Invalid reduction dimension 0"):
         tf.distribute.MultiWorkerMirroredStrategy().reduce("MEAN", per_replica[1], axis=0)
+
+
+def _foreign_private_names() -> dict[str, list[str]]:
+    """Private attributes (`x._name`) read in the package but defined by none of its modules."""
+    import ast
+    import glob
+    import os
+
+    root = os.path.dirname(compat.__file__)
+    trees = {p: ast.parse(open(p).read()) for p in glob.glob(f"{root}/**/*.py", recursive=True)}
+    ours = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                ours.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                if not node.attr.startswith("_collective"):  # compat's own assignment
+                    ours.add(node.attr)
+    found = {}
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            private = (
+                node.attr.startswith("_") and not node.attr.startswith("__")
+                if isinstance(node, ast.Attribute)
+                else False
+            )
+            if private and node.attr not in ours:
+                found.setdefault(os.path.relpath(path, root), []).append(node.attr)
+    return found
+
+
+def test_keras_and_tensorflow_private_names_are_read_only_in_compat():
+    found = _foreign_private_names()
+    assert set(found) <= {"compat.py"}, found
+    listed = {name.rsplit(".", 1)[1] for name in compat.PRIVATE_NAMES}
+    assert set(found["compat.py"]) <= listed, set(found["compat.py"]) - listed
+
+
+def test_every_private_name_compat_reads_still_exists_where_it_is_read():
+    """Fails when Keras or TF moves an internal: the accessor in compat must follow it."""
+    import keras.src.backend.tensorflow.trainer as trainer
+
+    with two_replica_strategy().scope():
+        model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.BatchNormalization()])
+        model.compile(loss="mse")
+        model.fit(np.zeros((4, 4, 4, 1)), np.zeros((4, 4, 4, 1)), verbose=0)
+    bn = model.layers[0]
+    assert [layer.name for layer in compat.all_layers(model)][-1] == bn.name
+    mean, variance = compat.batch_moments(bn, tf.ones((2, 4, 4, 1)))
+    assert mean.shape == (1,) and float(variance[0]) == 0.0
+    assert compat.reduction_axes(bn) == [0, 1, 2]
+    assert compat.flatten_logs(model, {"loss": 1.0}) == 1.0
+    assert compat.variable_index(model.optimizer, model.trainable_variables[1]) == 1
+    assert model._distribute_strategy is not None and hasattr(model, "_eval_epoch_iterator")
+    assert model._compile_loss is not None and hasattr(model, "_compile_metrics")
+    assert callable(keras.Model._maybe_symbolic_build) and callable(trainer.reduce_per_replica)
+    assert isinstance(tf.distribute.MirroredStrategy._collective_key_base, int)
+    for name, checked in compat.PRIVATE_NAMES.items():
+        assert checked.split()[0] in (keras.__version__, "TF"), (name, checked)

@@ -86,3 +86,23 @@ def test_mismatched_weights_fail_in_one_line_naming_the_weight(tmp_path):
 def test_a_missing_source_is_refused_by_the_config(tmp_path):
     with pytest.raises(ValueError, match="--init_from=.*: no such file or directory"):
         config_from("smoke.cfg", workdir=str(tmp_path), init_from=str(tmp_path / "nope.keras"))
+
+
+def test_python_names_the_argument_where_the_command_line_names_the_flag(tmp_path):
+    other = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    path = str(tmp_path / "other.keras")
+    other.save(path)
+    import generalist_tf as gtf
+
+    with pytest.raises(init_from.InitError, match=f"^init={path}: 2 weights, the model has"):
+        gtf.build_generalist(
+            lambda: models.build("digits_cnn", (8, 8, 1), 10),
+            epochs=2,
+            steps_per_epoch=1,
+            communication=None,
+            init=path,
+        )
+    with pytest.raises(init_from.InitError, match=f"^--init_from={path}: 2 weights"):
+        build_from(path, tmp_path / "run")

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from generalist_tf import attacks
 from generalist_tf.algorithm import generalist, learners, optimizers
+from tests import helpers_train
 
 LR, MU, WD = 0.1, 0.9, 0.01
 SHAPE, CLASSES, BATCH = (2, 2, 1), 3, 6
@@ -118,6 +119,7 @@ def test_only_the_stepping_learner_moves():
         [natural, robust],
         tiny_network(),
         tiny_network(),
+        algorithm=helpers_train.algorithm_settings(tiny_network, ("natural", "linf_pgd")),
         eval_attack=learners.Attack("linf", 0.1, 0.05, 2),
     )
     before = {

@@ -79,10 +79,19 @@ def test_smoke_results_and_table(smoke_run):
         results = json.load(f)
     assert 1 <= results["best_epoch"] <= 3
     assert results["eval_attack"]["num_steps"] == 5
+    arrays = data.load("digits")
+    # The table's subset of the test split (smoke.cfg: --eval_examples=128, the table's default).
+    x_test, y_test = data.eval_subset(arrays.x_test, arrays.y_test, 128)
     for prefix in ("best", "global", "natural_ema", "linf_pgd_ema"):
         for metric in ("clean_accuracy", "pgd_accuracy"):
-            assert 0.0 <= results["test"][f"{prefix}/{metric}"] <= 1.0
-            assert f"{prefix}/{metric}" in results["test"]
+            # A count over the 128 examples (a replica-weighted mean is not).
+            count = results["test"][f"{prefix}/{metric}"] * len(y_test)
+            assert count == pytest.approx(round(count), abs=1e-3), (prefix, metric)
+    # The exported G is the "best" row: its clean accuracy, recomputed from the export.
+    export = tf.saved_model.load(os.path.join(workdir, "export"))
+    logits = export.signatures["serving_default"](images=tf.constant(x_test))["logits"]
+    served = float(np.mean(np.argmax(logits, axis=1) == y_test))
+    assert results["test"]["best/clean_accuracy"] == pytest.approx(served, abs=1e-6)
     assert "global/pgd_accuracy" in results["validation"]
     robustness = results["robustness"]
     assert robustness["of"] == "export" and set(robustness["worst_case"]) == {"linf", "l2"}

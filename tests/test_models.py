@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from generalist_tf import models
-from tests.helpers_train import two_replica_strategy
+from tests.helpers_train import config_from, two_replica_strategy
 
 CIFAR_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -105,10 +105,19 @@ def test_unknown_model_name_raises():
         models.build("vgg16", CIFAR_SHAPE, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("depth, width, flag", [(12, 1, "--wrn_depth"), (10, 0, "--wrn_width")])
-def test_invalid_wide_resnet_raises(depth, width, flag):
-    with pytest.raises(ValueError, match=f"{flag}.*{depth if flag == '--wrn_depth' else width}"):
+@pytest.mark.parametrize("depth, width, name", [(12, 1, "depth"), (10, 0, "width")])
+def test_invalid_wide_resnet_raises_alike_from_python_and_the_flags(depth, width, name):
+    value = depth if name == "depth" else width
+    with pytest.raises(ValueError, match=f"^{name} must .*got {value}$"):
         models.build("wide_resnet", CIFAR_SHAPE, NUM_CLASSES, depth=depth, width=width)
+    with pytest.raises(ValueError, match=f"^--wrn_{name} must .*got {value}$"):
+        config_from(
+            "smoke.cfg",
+            workdir="/tmp/unused",
+            model="wide_resnet",
+            wrn_depth=depth,
+            wrn_width=width,
+        )
 
 
 def moving_means_after_one_step(model, strategy, optimizer, x, y):
@@ -268,7 +277,7 @@ def test_bn_convention_reaches_every_layer_and_is_checked():
     assert {bn.moving_variance_convention for bn in batch_norm_layers(model)} == {"biased"}
     default = models.build("digits_cnn", (8, 8, 1), NUM_CLASSES)
     assert {bn.moving_variance_convention for bn in batch_norm_layers(default)} == {"unbiased"}
-    with pytest.raises(ValueError, match="--bn_moving_variance.*'sample'"):
+    with pytest.raises(ValueError, match="^bn_moving_variance.*'sample'"):
         models.build("digits_cnn", (8, 8, 1), NUM_CLASSES, bn_moving_variance="sample")
 
 
@@ -277,7 +286,51 @@ def test_a_users_builder_by_module_path():
     network = models.build("tests.user_network:build", (8, 8, 1), 10)
     assert network.output_shape == (None, 10)
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in network.layers)
-    with pytest.raises(ValueError, match=r"--model=tests.nowhere:build: cannot import"):
+    with pytest.raises(ValueError, match=r"^name=tests.nowhere:build: cannot import"):
         models.build("tests.nowhere:build", (8, 8, 1), 10)
     with pytest.raises(ValueError, match=r"tests.user_network has no function 'nope'"):
         models.build("tests.user_network:nope", (8, 8, 1), 10)
+
+
+def test_batch_norm_follows_a_float64_policy():
+    """Under `float64` the unbiased update runs in float64 (it failed mixing float32 moments
+    with float64 variables), to float64 precision, as Keras' own layer does."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        layer = models.BatchNorm(moving_variance="unbiased", momentum=0.9)
+        x = random_images((3, 3, 2), batch=4, seed=5).astype(np.float64)
+        outputs = layer(x, training=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert outputs.dtype == tf.float64 and layer.moving_variance.dtype == "float64"
+    n = 4 * 3 * 3
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), 0.9 + 0.1 * x.var(axis=(0, 1, 2)) * n / (n - 1), rtol=1e-12
+    )
+
+
+def test_a_generalist_d_step_runs_under_a_float64_policy():
+    import generalist_tf as gtf
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        model = gtf.build_generalist(
+            lambda: models.build("digits_cnn", (8, 8, 1), NUM_CLASSES),
+            epochs=1,
+            steps_per_epoch=1,
+            linf_attack=gtf.Attack("linf", 0.1, 0.05, 1),
+            communication=None,
+            jit_compile="false",
+        )
+        model.compile()
+        x = random_images((8, 8, 1), batch=8, seed=2)  # images stay float32 (attacks take them)
+        y = np.arange(8) % NUM_CLASSES
+        history = model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert all(np.isfinite(v[0]) for v in history.history.values())
+    variances = [bn.moving_variance for bn in batch_norm_layers(model.learners[0].network)]
+    assert variances and all(v.dtype == "float64" for v in variances)
+    assert not np.allclose(variances[0].numpy(), 1.0)  # the unbiased update ran

@@ -23,10 +23,11 @@ def test_dataset_names():
 def test_a_user_model_names_an_importable_function():
     assert names.is_user_model("tests.user_network:build") and not names.is_user_model("resnet18")
     assert callable(names.user_builder("tests.user_network:build"))
-    with pytest.raises(ValueError, match=r"^--model=no_such_module:f: cannot import"):
+    with pytest.raises(ValueError, match=r"^model=no_such_module:f: cannot import"):
         names.user_builder("no_such_module:f")
+    # The command line's configuration names the flag.
     with pytest.raises(ValueError, match=r"^--model=tests.user_network:nope: .* no function"):
-        names.user_builder("tests.user_network:nope")
+        names.user_builder("tests.user_network:nope", "--model")
 
 
 def test_metric_keys():

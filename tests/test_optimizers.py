@@ -23,7 +23,7 @@ def test_coupled_sgd_follows_the_pytorch_update_by_hand():
 def test_coupled_sgd_checks_its_arguments_and_round_trips_its_config():
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
         optimizers.CoupledSGD(momentum=1.0)
-    with pytest.raises(ValueError, match="weight decay must be >= 0, got -0.1"):
+    with pytest.raises(ValueError, match="l2 must be >= 0, got -0.1"):
         optimizers.CoupledSGD(l2=-0.1)
     config = optimizers.CoupledSGD(0.05, momentum=0.5, l2=1e-4).get_config()
     again = optimizers.CoupledSGD.from_config(config)

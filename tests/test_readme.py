@@ -84,3 +84,41 @@ def test_every_flagfile_the_readme_names_exists():
     assert "flags/quickstart.cfg" in paths
     missing = sorted(p for p in paths if not os.path.isfile(os.path.join(ROOT, p)))
     assert not missing, f"README names flagfiles that do not exist: {missing}"
+
+
+# A repository path written in code or tests: `dir/.../name.md|cfg`, optionally followed by
+# `, "Heading"` (a section of that document).
+PATH_REFERENCE = re.compile(r'(?<![\w<{/.-])((?:[\w.-]+/)+[\w.-]+\.(?:md|cfg))\b(?:, "([^"]+)")?')
+
+
+# Documents the code writes (into an export) rather than reads from the repository.
+WRITTEN_DOCUMENTS = {"MODEL_CARD.md"}
+
+
+def test_every_repository_path_the_code_names_exists_with_its_section():
+    import glob
+
+    top = set(os.listdir(ROOT))
+    missing = []
+    sources = glob.glob(f"{ROOT}/generalist_tf/**/*.py", recursive=True)
+    sources += glob.glob(f"{ROOT}/tests/*.py")
+    for source in sources:
+        with open(source) as f:
+            text = f.read()
+        for match in PATH_REFERENCE.finditer(text):
+            path, section = match.groups()
+            if path.split("/")[0] not in top or "does_not_exist" in path:
+                continue  # a placeholder (`export_dir/...`) or a deliberately missing file
+            full = os.path.join(ROOT, path)
+            if not os.path.exists(full):
+                missing.append((os.path.relpath(source, ROOT), path))
+            elif section:
+                with open(full) as f:
+                    headings = [line.lstrip("#").strip() for line in f if line.startswith("#")]
+                if section not in headings:
+                    missing.append((os.path.relpath(source, ROOT), f"{path}: {section}"))
+        for name in re.findall(r"(?<![\w/<>.-])([A-Z][A-Z_]*\.md)\b", text):
+            if name not in WRITTEN_DOCUMENTS and name not in top:
+                missing.append((os.path.relpath(source, ROOT), name))
+    assert not missing, missing
+    assert PATH_REFERENCE.search('see generalist_tf/docs/algorithm.md, "Initialisation"')

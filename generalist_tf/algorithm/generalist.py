@@ -18,7 +18,8 @@ network that is served.
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -32,6 +33,26 @@ GLOBAL = names.GLOBAL
 BEST = "best"
 
 
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSettings:
+    """What `fit` needs to attach the algorithm's callbacks; a `Generalist` is built with it.
+
+    Attributes:
+      build_network: builds a fresh network of the architecture (`global_model`, exports).
+      mixing: per-learner weight schedules of G (`schedules.PiecewiseLinear`).
+      communication: `schedules.Communication`, or None (never redistributed).
+      epochs: the training length the schedules are fractions of.
+      select_metric, select_clean_floor: the best-G rule (`callbacks.selection_score`).
+    """
+
+    build_network: Callable[[], keras.Model]
+    mixing: Mapping
+    communication: object
+    epochs: int
+    select_metric: str = names.CLEAN_PLUS_PGD
+    select_clean_floor: float = 0.0
+
+
 class Generalist(compat.KerasLoopFixes, keras.Model):
     """Base learners + global learner (Keras' loops as fixed by `compat.KerasLoopFixes`).
 
@@ -40,6 +61,7 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         weights as `global_network`.
       global_network: G, same architecture.
       best_network: same architecture; holds G at its best validation score.
+      algorithm: the mixing, communication and selection `fit` runs (`AlgorithmSettings`).
       eval_attack: the attack of `test_step` (a `learners.Attack`).
       ema_alpha: the EMA decay ceiling (official 0.999); 0 disables averaging.
       jit_compile: compile policy of the evaluation attack.
@@ -52,12 +74,19 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         global_network: keras.Model,
         best_network: keras.Model,
         *,
+        algorithm: AlgorithmSettings,
         eval_attack,
         ema_alpha: float = defaults.EMA_DECAY,
         jit_compile="auto",
         seed: int = 0,
     ):
         super().__init__(name="generalist")
+        if not isinstance(algorithm, AlgorithmSettings):
+            raise TypeError(
+                f"algorithm must be an AlgorithmSettings, got {type(algorithm).__name__}"
+            )
+        self.algorithm = algorithm
+        self.build_network = algorithm.build_network
         self.learner_names = tuple(learner.name for learner in learners)
         if len(set(self.learner_names)) != len(self.learner_names):
             raise ValueError(f"learner names must be unique, got {self.learner_names}")
@@ -100,33 +129,12 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         self.built = True
 
     # --- the algorithm's settings and the Keras entry points users call ------------------------
-    def configure_algorithm(
-        self,
-        *,
-        build_network,
-        mixing,
-        communication,
-        epochs: int,
-        select_metric: str = names.CLEAN_PLUS_PGD,
-        select_clean_floor: float = 0.0,
-    ) -> None:
-        """What `fit` needs to attach the algorithm's callbacks (`api.build_generalist` calls it).
-
-        Args:
-          build_network: builds a fresh network of the architecture (for `global_model`).
-          mixing: per-learner weight schedules of G; communication: `schedules.Communication`
-            or None; epochs: the training length the schedules are fractions of.
-          select_metric, select_clean_floor: the best-G rule (`callbacks_lib.selection_score`).
-        """
-        self.build_network = build_network
-        self._algorithm = (mixing, communication, epochs, select_metric, select_clean_floor)
-
     def algorithm_callbacks(self) -> list:
         """The mixing (Alg. 1) and best-G callbacks, in the order they must run."""
-        mixing, communication, epochs, select_metric, floor = self._algorithm
+        a = self.algorithm
         return [
-            callbacks_lib.GeneralistCallback(mixing, communication, epochs),
-            callbacks_lib.BestGlobalCallback(select_metric, floor),
+            callbacks_lib.GeneralistCallback(a.mixing, a.communication, a.epochs),
+            callbacks_lib.BestGlobalCallback(a.select_metric, a.select_clean_floor),
             callbacks_lib.NaNGuard(),
         ]
 
@@ -159,7 +167,7 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         )
         if empty:
             raise ValueError("validation_data is empty: the best G would be chosen on nothing")
-        ours = self.algorithm_callbacks() if hasattr(self, "_algorithm") else []
+        ours = self.algorithm_callbacks()
         if validation_data is None:
             # No validation, no selection: `best_model()` then refuses (a timing run, say).
             ours = [c for c in ours if not isinstance(c, callbacks_lib.BestGlobalCallback)]
@@ -256,7 +264,7 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         for prefix in self.evaluated_networks():
             for key, metric in self._eval_metrics[prefix].items():
                 logs[f"{prefix}/{key}"] = float(metric.result())
-        return logs if return_dict else self._flatten_metrics_in_order(logs)
+        return logs if return_dict else compat.flatten_logs(self, logs)
 
     def test_step(self, data):
         """Loss, clean and PGD accuracy of G and of each learner's EMA (inference mode)."""

@@ -19,7 +19,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from generalist_tf import defaults
+from generalist_tf import compat, defaults
+from generalist_tf.algorithm import schedules
 from generalist_tf.algorithm.schedules import PiecewiseLinear
 
 
@@ -39,10 +40,8 @@ class CoupledSGD(keras.optimizers.Optimizer):
         self, learning_rate=0.01, momentum=defaults.MOMENTUM, l2=0.0, name="coupled_sgd", **kwargs
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if l2 < 0.0:
-            raise ValueError(f"weight decay must be >= 0, got {l2}")
+        schedules.check_momentum(momentum)
+        schedules.check_weight_decay(l2, "l2")
         self.momentum = momentum
         self.l2 = l2
 
@@ -57,7 +56,7 @@ class CoupledSGD(keras.optimizers.Optimizer):
         gradient = ops.cast(gradient, variable.dtype)
         if self.l2:
             gradient = gradient + ops.cast(self.l2, variable.dtype) * variable
-        m = self.momentums[self._get_variable_index(variable)]
+        m = self.momentums[compat.variable_index(self, variable)]
         self.assign(m, ops.cast(self.momentum, variable.dtype) * m + gradient)
         self.assign_sub(variable, learning_rate * m)
 

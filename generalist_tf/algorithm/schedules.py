@@ -1,5 +1,8 @@
 """Schedules as functions of the (1-indexed) epoch: learning rate, mixing weights, communication.
 
+Each schedule's check lives here, beside it, and is the one both doors run: the Python API
+(`api.build_generalist`, naming the argument) and the configuration (naming the flag).
+
 Every boundary is a fraction of training read from the config; no epoch number is written in
 code. A schedule is piecewise linear through points `(fraction_of_epochs, value)` and is
 evaluated at the integer epoch, as in the official code (`np.interp(epoch, ...)`). Pure Python:
@@ -107,6 +110,15 @@ def check_mixing(
             )
 
 
+def check_learning_rate(schedule: PiecewiseLinear, argument: str = "learning_rate") -> None:
+    """Every value of a learning-rate schedule must be > 0 (0 would freeze a learner silently)."""
+    if not all(value > 0 for _, value in schedule.points):
+        raise ValueError(f"{argument} values must be > 0, got {schedule}")
+
+
+COMMUNICATION_MODES = ("every_batch", "once_per_period")
+
+
 @dataclasses.dataclass(frozen=True)
 class Communication:
     """When the global weights are copied back into the learners (paper: redistribution).
@@ -129,11 +141,51 @@ class Communication:
         """Whether 1-indexed `epoch` communicates."""
         return epoch >= self.start_epoch(epochs) and epoch % self.period == 0
 
+    def first_epoch(self, epochs: int) -> int:
+        """The first epoch that communicates (it may lie after `epochs`: then none does)."""
+        return -(-self.start_epoch(epochs) // self.period) * self.period
+
+    def check(self, epochs: int, prefix: str = "communication.") -> None:
+        """Refuses a schedule that is malformed or never fires within `epochs`.
+
+        Args:
+          prefix: how a field is named in the message, `<prefix>start`: `communication.` for a
+            Python caller, `--communication_` on the command line.
+        """
+        if self.mode not in COMMUNICATION_MODES:
+            raise ValueError(
+                f"{prefix}mode must be one of {COMMUNICATION_MODES}, got {self.mode!r}"
+            )
+        if not 0 <= self.start <= 1:
+            raise ValueError(
+                f"{prefix}start is a fraction of the epochs in [0, 1], got {self.start:g}"
+            )
+        if not isinstance(self.period, int) or isinstance(self.period, bool) or self.period < 1:
+            raise ValueError(f"{prefix}period must be an integer >= 1 epoch, got {self.period!r}")
+        first = self.first_epoch(epochs)
+        if first > epochs:
+            raise ValueError(
+                f"{prefix}start={self.start:g} with {prefix}period={self.period} first "
+                f"communicates at epoch {first}, after the last epoch {epochs}"
+            )
+
 
 def check_scale(scale: float, argument: str = "scale") -> None:
     """Refuses a learning-rate multiplier that is not > 0 (naming `argument` and the value)."""
     if not scale > 0:
         raise ValueError(f"{argument} must be > 0, got {scale}")
+
+
+def check_momentum(momentum: float, argument: str = "momentum") -> None:
+    """SGD momentum mu must lie in [0, 1) (1 never forgets a gradient; the iterate diverges)."""
+    if not 0 <= momentum < 1:
+        raise ValueError(f"{argument} must be in [0, 1), got {momentum}")
+
+
+def check_weight_decay(weight_decay: float, argument: str = "weight_decay") -> None:
+    """A coupled L2 weight decay must be >= 0 (a negative one grows the weights)."""
+    if not weight_decay >= 0:
+        raise ValueError(f"{argument} must be >= 0, got {weight_decay}")
 
 
 def check_ema_decay(ema_decay: float, argument: str = "ema_decay") -> None:

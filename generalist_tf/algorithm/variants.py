@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from generalist_tf import names
+
 # The official natural/robust schedule: the robust learner's weight beta is piecewise linear
 # through (0, 1), (E/3, 1), (2E/3, 1), (E, 0.4); the natural learner gets 1 - beta.
 _ROBUST_BETA = "0:1,1/3:1,2/3:1,1:0.4"
@@ -69,3 +71,57 @@ VARIANTS: dict[str, Variant] = {
 }
 # `custom` takes `--learners` and `--mixing` from the flags.
 CUSTOM = "custom"
+
+# How the three settings a variant resolves are named in messages, per door.
+PYTHON_NAMES = {"variant": "variant", "learners": "tasks", "mixing": "mixing"}
+FLAG_NAMES = {"variant": "--variant", "learners": "--learners", "mixing": "--mixing"}
+
+
+def resolve(
+    variant: str, learners, mixing, *, argument: dict[str, str] = PYTHON_NAMES
+) -> tuple[tuple[str, ...], object, bool]:
+    """The learners, mixing and whether G is redistributed, of a preset or of `custom`.
+
+    The one resolution both doors run. `learners` and `mixing` are read only with `custom`
+    (`mixing` overrides a preset's); `argument` names the settings in the messages
+    (`PYTHON_NAMES` or `FLAG_NAMES`).
+
+    Returns:
+      `(learners, mixing, communicate)`; `mixing` as given (text or schedules) or the preset's.
+
+    Raises:
+      ValueError: an unknown variant, a custom variant without learners or mixing, learners
+        given with a preset, an unknown or repeated learner.
+    """
+    name = argument
+    learners = tuple(learners or ())
+    if variant == CUSTOM:
+        if not learners or not mixing:
+            raise ValueError(
+                f"{name['variant']}=custom needs {name['learners']} and {name['mixing']}, e.g. "
+                f"{name['learners']}=natural,linf_pgd and "
+                f"{name['mixing']}='natural=0:0,1:0.5;linf_pgd=0:1,1:0.5'"
+            )
+        communicate = len(learners) > 1
+    elif variant in VARIANTS:
+        if learners:
+            raise ValueError(
+                f"{name['learners']} is only read with {name['variant']}=custom, got "
+                f"{name['learners']}={','.join(learners)} with {name['variant']}={variant}"
+            )
+        preset = VARIANTS[variant]
+        learners, communicate = preset.learners, preset.communicate
+        mixing = mixing or preset.mixing
+    else:
+        raise ValueError(
+            f"{name['variant']}={variant!r} is unknown; choose one of "
+            f"{', '.join([*VARIANTS, CUSTOM])}"
+        )
+    unknown = [n for n in learners if n not in names.TRAINING_NORMS]
+    if unknown:
+        raise ValueError(
+            f"{name['learners']}: unknown {unknown}; choose from {', '.join(names.TRAINING_NORMS)}"
+        )
+    if len(set(learners)) != len(learners):
+        raise ValueError(f"{name['learners']} must not repeat a learner, got {','.join(learners)}")
+    return learners, mixing, communicate

@@ -13,7 +13,7 @@ from generalist_tf.config.checks import attack_budget, fraction, require
 
 MODES = ("train", "eval")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-COMMUNICATION_MODES = ("every_batch", "once_per_period", "none")
+COMMUNICATION_MODES = (*schedules.COMMUNICATION_MODES, "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Model:
     def from_flags(cls, v: Mapping[str, Any]) -> Model:
         if v["mode"] == "train":
             if names.is_user_model(v["model"]):
-                names.user_builder(v["model"])  # a one-line ValueError naming --model
+                names.user_builder(v["model"], "--model")
             require(
                 v["model"] in names.MODELS or names.is_user_model(v["model"]),
                 f"--model={v['model']!r} is unknown; choose one of {', '.join(names.MODELS)} "
@@ -129,11 +129,9 @@ class Model:
                 os.path.exists(v["init_from"]) or os.path.exists(v["init_from"] + ".index"),
                 f"--init_from={v['init_from']}: no such file or directory",
             )
-        require(
-            v["bn_moving_variance"] in names.BN_MOVING_VARIANCE,
-            f"--bn_moving_variance must be one of {names.BN_MOVING_VARIANCE}, "
-            f"got {v['bn_moving_variance']!r}",
-        )
+        names.check_bn_moving_variance(v["bn_moving_variance"], "--bn_moving_variance")
+        if v["model"] == "wide_resnet":
+            names.check_wide_resnet(v["wrn_depth"], v["wrn_width"], prefix="--wrn_")
         model_kwargs = (
             {"depth": v["wrn_depth"], "width": v["wrn_width"]}
             if v["model"] == "wide_resnet"
@@ -163,20 +161,18 @@ class Optimisation:
 
     @classmethod
     def from_flags(cls, v: Mapping[str, Any]) -> Optimisation:
-        for flag in ("epochs", "batch_size"):
-            require(v[flag] >= 1, f"--{flag} must be >= 1, got {v[flag]}")
+        budget.check_count("--epochs", v["epochs"], 1)
+        require(v["batch_size"] >= 1, f"--batch_size must be >= 1, got {v['batch_size']}")
         require(
             v["steps_per_epoch"] >= 0, f"--steps_per_epoch must be >= 0, got {v['steps_per_epoch']}"
         )
-        require(0 <= v["momentum"] < 1, f"--momentum must be in [0, 1), got {v['momentum']}")
+        # The API's own checks (`api.build_generalist`), with the flags' names.
+        schedules.check_momentum(v["momentum"], "--momentum")
         for flag in ("natural_weight_decay", "robust_weight_decay"):
-            require(v[flag] >= 0, f"--{flag} must be >= 0, got {v[flag]}")
+            schedules.check_weight_decay(v[flag], f"--{flag}")
         lr = schedules.parse_points(v["learning_rate"], flag="--learning_rate")
-        require(
-            all(value > 0 for _, value in lr.points),
-            f"--learning_rate values must be > 0, got {v['learning_rate']}",
-        )
-        schedules.check_scale(v["natural_lr_scale"], "--natural_lr_scale")  # the API's own check
+        schedules.check_learning_rate(lr, "--learning_rate")
+        schedules.check_scale(v["natural_lr_scale"], "--natural_lr_scale")
         return cls(
             epochs=v["epochs"],
             steps_per_epoch=v["steps_per_epoch"] or None,
@@ -205,79 +201,24 @@ class Algorithm:
         # The API's own checks, with the flag's name.
         schedules.check_ema_decay(v["ema_decay"], "--ema_decay")
         schedules.check_trades_beta(v["trades_beta"], "--trades_beta")
-        # Variant: a preset, or `custom` with explicit learners and mixing.
-        variant, mixing_text = v["variant"], v["mixing"]
-        if variant == variants.CUSTOM:
-            learners = tuple(n.strip() for n in v["learners"].split(",") if n.strip())
-            require(
-                bool(learners),
-                "--variant=custom needs --learners, e.g. --learners=natural,linf_pgd",
-            )
-            require(
-                bool(mixing_text),
-                "--variant=custom needs --mixing, e.g. "
-                "--mixing='natural=0:0,1:0.5;linf_pgd=0:1,1:0.5'",
-            )
-            communicate = len(learners) > 1
-        else:
-            choices = ", ".join(list(variants.VARIANTS) + [variants.CUSTOM])
-            require(
-                variant in variants.VARIANTS,
-                f"--variant={variant!r} is unknown; choose one of {choices}",
-            )
-            require(
-                not v["learners"],
-                f"--learners is only read with --variant=custom, got "
-                f"--learners={v['learners']!r} with --variant={variant}",
-            )
-            preset = variants.VARIANTS[variant]
-            learners, communicate = preset.learners, preset.communicate
-            mixing_text = mixing_text or preset.mixing
-        for name in learners:
-            require(
-                name in names.TRAINING_NORMS,
-                f"--learners: {name!r} is unknown; choose from {', '.join(names.TRAINING_NORMS)}",
-            )
-        require(
-            len(set(learners)) == len(learners),
-            f"--learners must not repeat a learner, got {','.join(learners)}",
+        learners = tuple(n.strip() for n in v["learners"].split(",") if n.strip())
+        learners, mixing_text, communicate = variants.resolve(
+            v["variant"], learners, v["mixing"], argument=variants.FLAG_NAMES
         )
         mixing = schedules.parse_mixing(mixing_text)
         schedules.check_mixing(mixing, learners, v["epochs"], flag="--mixing")
         communication = _communication(v) if communicate else None
-        return cls(variant, learners, mixing, communication, v["ema_decay"], v["trades_beta"])
+        return cls(v["variant"], learners, mixing, communication, v["ema_decay"], v["trades_beta"])
 
 
 def _communication(v: Mapping[str, Any]) -> schedules.Communication | None:
     """Step 4 of Alg. 1 (redistribution): when, how often, in which mode; None: never."""
     if v["communication_mode"] == "none":
         return None
-    require(
-        v["communication_mode"] in COMMUNICATION_MODES,
-        f"--communication_mode must be one of {COMMUNICATION_MODES}, "
-        f"got {v['communication_mode']!r}",
-    )
-    start = fraction(v, "communication_start")
-    require(
-        0 <= start <= 1,
-        f"--communication_start is a fraction of --epochs in [0, 1], "
-        f"got {v['communication_start']}",
-    )
-    require(
-        v["communication_period"] >= 1,
-        f"--communication_period must be >= 1 epoch, got {v['communication_period']}",
-    )
     communication = schedules.Communication(
-        start, v["communication_period"], v["communication_mode"]
+        fraction(v, "communication_start"), v["communication_period"], v["communication_mode"]
     )
-    first = communication.start_epoch(v["epochs"])
-    period = communication.period
-    first_communicating = -(-first // period) * period
-    require(
-        first_communicating <= v["epochs"],
-        f"--communication_start={v['communication_start']} with --communication_period={period} "
-        f"first communicates at epoch {first_communicating}, after the last epoch {v['epochs']}",
-    )
+    communication.check(v["epochs"], prefix="--communication_")  # the API's own check
     return communication
 
 

@@ -22,7 +22,8 @@ COLUMNS = (
     ("worst_l2", "worst-case l_2"),
     ("union", "union (l_inf and l_2)"),
 )
-# The exported G (best validation PGD accuracy) against the last G, as ALGORITHM.md asks.
+# The exported G (the best on validation by `--select_metric`, default clean + PGD accuracy)
+# against the last G, as generalist_tf/docs/algorithm.md asks.
 SELECTION_COLUMNS = (
     ("exported_clean", "exported G clean"),
     ("exported_pgd20", "exported G PGD-20"),
@@ -91,7 +92,7 @@ SUITES = {
 }
 
 
-# Single-seed ablations of the Generalist choices (ALGORITHM.md): label -> (what, method, flags).
+# Single-seed ablations of the Generalist choices (generalist_tf/docs/algorithm.md): label -> (what, method, flags).
 ABLATIONS = {
     "gd_select_pgd": (
         "Generalist-D, G selected on validation PGD accuracy alone (--select_metric=pgd)",
