@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+# The user's own TensorFlow log level is theirs: only without one are the start-up lines quieted.
+_USER_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
@@ -41,6 +43,52 @@ def _disk_full(config, error: BaseException) -> None:
         "finished checkpoints and exports are kept: free space and rerun the same command to "
         "resume"
     )
+
+
+# What TensorFlow's C++ runtime prints while it starts on a machine without a GPU, before its
+# log level applies (absl's pre-initialisation lines): nothing a CPU-only run must act on.
+CPU_START_UP_LINES = (
+    "All log messages before absl::InitializeLog() is called",
+    "cudart_stub.cc",
+    "cuda_platform.cc",
+    "failed call to cuInit",
+    "Unable to register cu",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+    "oneDNN custom operations are on",
+)
+
+
+def start_tensorflow_quietly() -> None:
+    """Imports TensorFlow and lists its devices with the CPU-only start-up lines dropped.
+
+    Without a `TF_CPP_MIN_LOG_LEVEL` of the user's, stderr (file descriptor 2, which the C++
+    runtime writes to directly) goes to a temporary file while TensorFlow imports and looks for
+    GPUs; every line of it that is not one of `CPU_START_UP_LINES` is written back, so nothing
+    else is lost. With the user's own level set, nothing is filtered.
+    """
+    if _USER_LOG_LEVEL or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if not any(mark in line for mark in CPU_START_UP_LINES)]
+    sys.stderr.write("".join(kept))
 
 
 def _quiet_library_logs() -> None:
@@ -106,10 +154,15 @@ def main(argv):
     del argv
     # Imported here so that `--help` and flag errors do not pay for TensorFlow start-up.
     from generalist_tf import config as config_lib
-    from generalist_tf import distribute
 
     try:
         config = config_lib.from_flags(FLAGS.flag_values_dict())
+    except ValueError as e:
+        _fail(str(e))
+    start_tensorflow_quietly()  # after the flags are valid: a flag error starts no TensorFlow
+    from generalist_tf import distribute
+
+    try:
         # Logical CPU devices must exist before TensorFlow initialises its runtime.
         if config.runtime.num_cpu_replicas > 1:
             distribute.configure_cpu_replicas(config.runtime.num_cpu_replicas)

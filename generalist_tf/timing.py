@@ -27,6 +27,19 @@ def seconds_since_process_start() -> float | None:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def progress_verbosity(verbose: int, stream=None) -> int:
+    """Keras' `verbose` for a terminal or not: a live bar (1) only on a terminal.
+
+    Keras' progress bar redraws in place whenever it runs on POSIX, so written to a file or a
+    pipe it is one long line of redraws; there 1 becomes 2 (one line per epoch). 0 and 2 stay.
+    """
+    import sys
+
+    stream = sys.stdout if stream is None else stream
+    is_terminal = getattr(stream, "isatty", lambda: False)()
+    return 2 if verbose == 1 and not is_terminal else verbose
+
+
 class Phases:
     """Ordered phases with their wall and CPU seconds (a phase entered twice adds up)."""
 

@@ -137,7 +137,7 @@ def _train(config: Config, strategy) -> dict:
             validation_data=val,
             validation_freq=validation_epochs(config),
             callbacks=fit_callbacks,
-            verbose=config.runtime.verbose,
+            verbose=timing.progress_verbosity(config.runtime.verbose),
         )
 
     start_step = exp.start_step

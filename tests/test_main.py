@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -303,3 +304,32 @@ def test_eval_mode_reports_autoattack_standard_for_both_norms(smoke_run, tmp_pat
     assert report["subset"] == {"num_examples": 48, "of": 360}
     with open(out / "report.md") as f:
         assert "**A subset: 48 of the 360 test examples**" in f.read()
+
+
+def test_a_cpu_only_run_logs_no_cuda_error_and_no_warning_of_ours(tmp_path):
+    """Run as a user runs it (no TF_CPP_MIN_LOG_LEVEL of theirs), output to a pipe: TensorFlow's
+    CPU-only start-up lines are dropped, none of our calls draws a warning, and the suite logs
+    one line per finished attack instead of redrawing a bar."""
+    result = run_main(
+        "--flagfile=flags/smoke.cfg",
+        f"--workdir={tmp_path}",
+        "--epochs=1",
+        "--final_eval",
+        "--eval_attacks=pgd20_linf,square_linf",
+        "--eval_examples=32",
+        "--eval_square_queries=20",
+        "--verbose=1",
+        env={"TF_CPP_MIN_LOG_LEVEL": None},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "\r" not in log and "\x1b" not in log  # no redrawn bar in a pipe
+    bad = [
+        line
+        for line in log.splitlines()
+        if re.search(r"cuda|cuInit|Warning|warn\(|absl::InitializeLog", line, re.I)
+        or re.match(r"[WE]\d{4} ", line)  # an absl/TensorFlow warning or error line
+    ]
+    assert not bad, bad
+    for attack in ("pgd20_linf", "square_linf"):
+        assert re.search(rf"{attack}: accuracy \d\.\d+ in \d+\.\d s", log), attack

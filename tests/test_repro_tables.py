@@ -64,6 +64,10 @@ def test_timing_says_when_runs_were_reused():
     assert "--jobs=2" in text and "ended after 2.0 minutes" in text
     text = repro_tables.timing([trained, reused], [], wall=130.0, jobs=2)
     assert text.startswith("Time: 1 of the 2 runs were reused") and "3.0 minutes" in text
+    # Ablations alone (--methods= --seeds=, the reference frontier): no table run to time.
+    ablation = repro_suites.Run("ref_standard", 0, FAKE_METRICS, 90.0, ended=90.0)
+    text = repro_tables.timing([], [ablation], wall=95.0, jobs=1)
+    assert "no run of the table, all 1 with the ablations after 1.6 minutes" in text
 
 
 def test_ablation_reading_says_whether_the_exported_g_is_mixed():

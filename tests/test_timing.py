@@ -47,3 +47,16 @@ def test_a_run_records_its_phases(tmp_path, monkeypatch):
     assert "attack suite" not in timings  # smoke.cfg: --nofinal_eval
     assert sum(t["wall_s"] for t in timings.values()) == pytest.approx(wall, rel=0.1, abs=1.0)
     assert timing.RUN.wall == {}  # a second run in this process starts from nothing
+
+
+def test_progress_is_a_live_bar_only_on_a_terminal():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert timing.progress_verbosity(1, Terminal()) == 1
+    assert timing.progress_verbosity(1, io.StringIO()) == 2  # a file or a pipe: lines
+    assert timing.progress_verbosity(0, io.StringIO()) == 0
+    assert timing.progress_verbosity(2, Terminal()) == 2

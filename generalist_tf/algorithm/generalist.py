@@ -100,7 +100,7 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         self.global_network.trainable = False
         self.eval_attack = eval_attack
         self.ema_alpha = float(ema_alpha)
-        self.jit_compile = jit_compile
+        self.attack_jit_compile = jit_compile
         self.seed = int(seed)
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
         self.best_score = keras.Variable(-1.0, dtype="float32", trainable=False, name="best_score")
@@ -278,7 +278,7 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
                 network,
                 x,
                 y,
-                jit_compile=self.jit_compile,
+                jit_compile=self.attack_jit_compile,
                 seed=self._eval_seed(),
             )
             # Per example, so the loss is the split's mean however its batches are cut.

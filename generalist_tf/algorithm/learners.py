@@ -73,7 +73,7 @@ class BaseLearner(keras.Model):
         self.ema_network = ema_network
         self.ema_network.trainable = False
         self.attack = attack
-        self.jit_compile = jit_compile
+        self.attack_jit_compile = jit_compile
         self.seed = None if seed is None else tuple(int(s) for s in seed)
         self.clean_accuracy = bool(clean_accuracy) or not self.adversarial
         self.loss_metric = keras.metrics.Mean(name=f"{self.name}_loss")
@@ -165,7 +165,7 @@ class PGDLearner(BaseLearner):
 
     def make_inputs(self, x, y):
         return attacks.pgd_with(
-            self.attack, self.network, x, y, jit_compile=self.jit_compile, seed=self.attack_seed()
+            self.attack, self.network, x, y, jit_compile=self.attack_jit_compile, seed=self.attack_seed()
         )
 
 
@@ -200,7 +200,7 @@ class TradesLearner(BaseLearner):
             epsilon=a.epsilon,
             step_size=a.step_size,
             num_steps=a.num_steps,
-            jit_compile=self.jit_compile,
+            jit_compile=self.attack_jit_compile,
             seed=self.attack_seed(),
         )
 
@@ -227,7 +227,7 @@ class _MultiNormLearner(BaseLearner):
                 self.network,
                 x,
                 y,
-                jit_compile=self.jit_compile,
+                jit_compile=self.attack_jit_compile,
                 seed=self.attack_seed(0),
             ),
             attacks.pgd_with(
@@ -235,7 +235,7 @@ class _MultiNormLearner(BaseLearner):
                 self.network,
                 x,
                 y,
-                jit_compile=self.jit_compile,
+                jit_compile=self.attack_jit_compile,
                 seed=self.attack_seed(1),
             ),
         )
@@ -283,7 +283,7 @@ class MSDLearner(_MultiNormLearner):
             epsilons=(linf.epsilon, l2.epsilon),
             step_sizes=(linf.step_size, l2.step_size),
             num_steps=max(linf.num_steps, l2.num_steps),
-            jit_compile=self.jit_compile,
+            jit_compile=self.attack_jit_compile,
         )
 
     def per_example_loss(self, x, inputs, y):

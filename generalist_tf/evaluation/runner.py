@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from generalist_tf import defaults, distribute, precision
+from generalist_tf import defaults, distribute, precision, timing
 from generalist_tf.attacks import budget
 from generalist_tf.attacks.classifier import as_classifier
 from generalist_tf.evaluation import (
@@ -169,8 +169,10 @@ def evaluate_model(
     ]
     batches = per_example.num_batches(len(x), batch_size)
     sweeps = sum(1 for f in fractions if f not in (0.0, 1.0)) * len(curve_norms)
+    # A live bar on a terminal; written to a file or a pipe, one log line per finished attack.
+    live = timing.progress_verbosity(verbose) == 1
     progress = keras.utils.Progbar(
-        batches * (len(runs) + sweeps), unit_name="batch", verbose=verbose
+        batches * (len(runs) + sweeps), unit_name="batch", verbose=1 if live else 0
     )
 
     strategy = distribute.eval_strategy(strategy)
@@ -235,7 +237,13 @@ def evaluate_model(
         }
         if name.startswith("square_"):
             entries[name]["queries"] = square_queries
-        logging.info("%s: accuracy %.4f (%s)", name, entries[name]["accuracy"], attack.description)
+        logging.info(
+            "%s: accuracy %.4f in %.1f s (%s)",
+            name,
+            entries[name]["accuracy"],
+            seconds,
+            attack.description,
+        )
 
     curves = {}
     for norm in curve_norms:

@@ -265,9 +265,11 @@ def timing(runs: list[Run], ablation_runs: list[Run], *, wall: float, jobs: int)
             f"invocation's wall time ({wall / 60:.1f} minutes) does not measure the suite; "
             + summed
         )
-    text = (
-        f"Time (wall clock, --jobs={jobs}, every run trained by this invocation): the "
-        f"{len(runs)} runs of the table ended after {max(r.ended for r in runs) / 60:.1f} minutes"
+    text = f"Time (wall clock, --jobs={jobs}, every run trained by this invocation): " + (
+        f"the {len(runs)} runs of the table ended after {max(r.ended for r in runs) / 60:.1f} "
+        "minutes"
+        if runs
+        else "no run of the table"
     )
     if ablation_runs:
         text += f", all {len(every)} with the ablations after {wall / 60:.1f} minutes"
