@@ -165,7 +165,12 @@ class PGDLearner(BaseLearner):
 
     def make_inputs(self, x, y):
         return attacks.pgd_with(
-            self.attack, self.network, x, y, jit_compile=self.attack_jit_compile, seed=self.attack_seed()
+            self.attack,
+            self.network,
+            x,
+            y,
+            jit_compile=self.attack_jit_compile,
+            seed=self.attack_seed(),
         )
 
 
