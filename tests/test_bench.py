@@ -188,3 +188,9 @@ def test_standard_autoattack_estimate_by_hand(result):
 
 def test_importing_bench_defines_no_flags():
     assert "quick" not in flags.FLAGS and "json" not in flags.FLAGS
+
+
+def test_the_table_says_what_was_skipped(result):
+    note = "bf16 groups: this CPU has no native bf16"
+    assert f"skipped: {note}" in bench_table.format_table({**result, "skipped": [note]})
+    assert result["skipped"] == [] and "skipped:" not in bench_table.format_table(result)

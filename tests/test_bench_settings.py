@@ -31,3 +31,20 @@ def test_the_flagfiles_exist_and_targets_and_reported_keys_are_disjoint():
     ):
         assert os.path.isfile(os.path.join(bench_settings.ROOT, flagfile)), flagfile
     assert not set(bench_settings.TARGETS) & set(bench_settings.REPORTED)
+
+
+def test_quick_bench_leaves_emulated_bf16_out_unless_asked():
+    from generalist_tf.experiments import bench_settings
+
+    amd = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    xeon = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert not bench_settings.native_bf16(amd) and bench_settings.native_bf16(xeon)
+    choose = bench_settings.include_bf16
+    assert not choose(None, quick=True, gpu=False, native=False)  # --quick on this AMD EPYC
+    assert choose(None, quick=True, gpu=False, native=True)
+    assert choose(None, quick=True, gpu=True, native=False)
+    assert choose(None, quick=False, gpu=False, native=False)  # the full run times it anyway
+    assert choose(True, quick=True, gpu=False, native=False)  # --bf16
+    assert not choose(False, quick=False, gpu=True, native=True)  # --nobf16
+    fp32 = bench_settings.without_bf16(bench_settings.SETTINGS["quick"])
+    assert fp32.precisions == ("fp32",) and not fp32.bf16_causes

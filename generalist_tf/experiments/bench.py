@@ -39,13 +39,14 @@ import time  # noqa: E402
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from generalist_tf import (  # noqa: E402
     data,
     distribute,
     experiment,
 )
+from generalist_tf.experiments import bench_settings  # noqa: E402
 from generalist_tf.experiments.bench_costs import cost_model  # noqa: E402
 from generalist_tf.experiments.bench_groups import bench_epoch, bench_pgd, bench_steps  # noqa: E402
 from generalist_tf.experiments.bench_models import (  # noqa: E402
@@ -76,12 +77,14 @@ from generalist_tf.experiments.bench_table import format_table  # noqa: E402
 from generalist_tf.experiments.bench_timing import Recorder, floors  # noqa: E402
 
 
-def run(*, quick: bool = False, tiny: bool = False) -> dict:
+def run(*, quick: bool = False, tiny: bool = False, bf16: bool | None = None) -> dict:
     """Runs the benchmark and returns every number (the `--json` content).
 
     Args:
       quick: fewer repeats, ResNet-18 at batch 4 without XLA (under 5 minutes on 2 CPU cores).
       tiny: digits only, two repeats: a smoke test of the machinery (its numbers are noise).
+      bf16: time the bf16 groups; None: always in the full run, with `quick` only on a CPU
+        with native bf16 or a GPU (emulated bf16 took minutes and measured only emulation).
 
     Returns:
       A JSON-serialisable dict: `machine`, `settings`, `times_s` (median seconds per call of
@@ -95,7 +98,18 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
       ValueError: when TensorFlow was initialised before with a single CPU device and no GPU.
     """
     settings = SETTINGS["tiny" if tiny else "quick" if quick else "full"]
-    if not tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    skipped = []
+    if not bench_settings.include_bf16(
+        bf16, quick=quick, gpu=bool(gpus), native=bench_settings.native_bf16()
+    ):
+        settings = bench_settings.without_bf16(settings)
+        skipped.append(
+            "bf16 groups: this CPU has no native bf16 (avx512_bf16 or amx_bf16), so they would "
+            "time its emulation; --bf16 runs them"
+        )
+        logging.warning("bench: %s", skipped[-1])
+    if not gpus:
         # Before any op: the 1-vs-2 replica row needs two logical CPU devices.
         distribute.configure_cpu_replicas(2)
     load_start = os.getloadavg()
@@ -130,8 +144,12 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
     epoch_images = bench_epoch(
         rec, DIGITS, trainer, arrays, cfg_d, repeats=settings.epoch_repeats, warmup=settings.warmup
     )
-    casts = bench_bf16_cause(
-        rec, batch=DIGITS_BATCH_SIZE, repeats=settings.repeats, warmup=settings.warmup
+    casts = (
+        bench_bf16_cause(
+            rec, batch=DIGITS_BATCH_SIZE, repeats=settings.repeats, warmup=settings.warmup
+        )
+        if settings.bf16_causes
+        else {}
     )
     if settings.standard_repeats:
         keras.utils.set_random_seed(cfg_d.runtime.seed)
@@ -159,6 +177,7 @@ def run(*, quick: bool = False, tiny: bool = False) -> dict:
     )
     result = _assemble(rec, settings, costs, epoch_images, load_start, started)
     result["bf16_casts"] = casts
+    result["skipped"] = skipped
     return result
 
 
@@ -242,13 +261,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string(
         "json", None, "Also write every number to this JSON file.", flag_values=flag_values
     )
+    flags.DEFINE_bool(
+        "bf16",
+        None,
+        "Time the bf16 groups (default: always in the full run; with --quick only on a CPU "
+        "with native bf16 or a GPU). --nobf16 leaves them out.",
+        flag_values=flag_values,
+    )
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     values = flags.FLAGS
-    result = run(quick=values.quick)
+    result = run(quick=values.quick, bf16=values.bf16)
     print(format_table(result))
     if values.json:
         with open(values.json, "w") as f:

@@ -118,9 +118,43 @@ class Settings:
     # SmallCNN at 28x28 (the Fashion-MNIST protocol's model and budget); batch 0 skips it.
     small_cnn_batch_size: int = 0
     small_cnn_repeats: int = 0
+    # The bf16 cause group (fp32 against bf16 on the digits CNN's layers at two sizes).
+    bf16_causes: bool = True
 
 
 ALL_POLICIES = ("false", "true", "auto")
+# CPU flags of native bf16 arithmetic (Intel AVX512-BF16, AMX); without them bf16 is emulated.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (its /proc/cpuinfo flags; False if unreadable)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def include_bf16(requested: bool | None, *, quick: bool, gpu: bool, native: bool) -> bool:
+    """Whether to time bf16: as `requested`, else always in the full run and, with --quick, only
+    where bf16 is native (a GPU, or a CPU with `NATIVE_BF16_FLAGS`)."""
+    if requested is not None:
+        return requested
+    return not quick or gpu or native
+
+
+def without_bf16(settings: Settings) -> Settings:
+    """`settings` with the bf16 groups left out (fp32 only)."""
+    return dataclasses.replace(settings, precisions=("fp32",), bf16_causes=False)
+
+
 SETTINGS = {
     "full": Settings(
         mode="full",

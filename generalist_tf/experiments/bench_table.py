@@ -201,4 +201,5 @@ def format_table(result: dict) -> str:
     missed = [k for k, t in result["targets"].items() if not t["met"]]
     lines.append(f"targets met: {', '.join(met) or 'none'}; missed: {', '.join(missed) or 'none'}")
     lines.append(f"wall time {result['wall_seconds']:.0f} s")
+    lines += [f"skipped: {note}" for note in result.get("skipped", [])]
     return "\n".join(lines)
