@@ -343,7 +343,7 @@ def test_every_test_file_has_a_py_test(targets, owners):
             assert entirely_slow(path), f":{name} is tagged manual but has fast tests"
 
 
-# The layers of the package, bottom up (README, Architecture): a module imports only from its own
+# The layers of the package, bottom up (docs/architecture.md): a module imports only from its own
 # layer or the ones below. Listed by module path relative to generalist_tf/ (a folder: all of it).
 LAYERS = (
     (

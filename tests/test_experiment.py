@@ -77,7 +77,7 @@ def test_a_batch_larger_than_the_split_is_refused_in_one_line(tmp_path, digits):
 
 
 def readme_example() -> str:
-    with open(os.path.join(ROOT, "README.md")) as f:
+    with open(os.path.join(ROOT, "docs", "python_api.md")) as f:
         section = f.read().split("A whole run from a flagfile", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 

@@ -1,5 +1,5 @@
-"""Every command and flag the README names exists: its `python -m` programs, their flags, the
-flagfiles they read. (The README's Python examples run in test_api and test_experiment; the two
+"""Every command and flag the README and its docs/ pages name exists: their `python -m` programs,
+their flags, the flagfiles and repository paths they name. (The README's Python examples run in test_api and test_experiment; the two
 fresh-machine commands are CI's own.)"""
 
 import importlib.util
@@ -18,9 +18,23 @@ OTHER_TOOLS = {"dist": "pytest", "logdir": "tensorboard"}
 ABSL = {"flagfile", "undefok", "help", "helpfull", "helpshort", "only_check_args"}
 
 
+def documents() -> dict[str, str]:
+    """README.md and every page of docs/, by path from the root."""
+    import glob
+
+    paths = ["README.md"] + sorted(
+        os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))
+    )
+    out = {}
+    for path in paths:
+        with open(os.path.join(ROOT, path)) as f:
+            out[path] = f.read()
+    return out
+
+
 def readme() -> str:
-    with open(os.path.join(ROOT, "README.md")) as f:
-        return f.read()
+    """The README and its docs/ pages, one text: every check below covers them all."""
+    return "\n".join(documents().values())
 
 
 def program_flags() -> dict[str, set[str]]:
@@ -122,3 +136,21 @@ def test_every_repository_path_the_code_names_exists_with_its_section():
                 missing.append((os.path.relpath(source, ROOT), name))
     assert not missing, missing
     assert PATH_REFERENCE.search('see generalist_tf/docs/algorithm.md, "Initialisation"')
+
+
+def test_every_repository_path_and_link_the_documents_name_exists():
+    top = set(os.listdir(ROOT))
+    missing = []
+    for path, text in documents().items():
+        base = os.path.dirname(os.path.join(ROOT, path))
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks hold no links
+        for link in re.findall(r"\]\(([^)#\s]+)\)", prose):
+            if not link.startswith(("http://", "https://")) and not os.path.exists(
+                os.path.join(base, link)
+            ):
+                missing.append((path, link))
+        for name in re.findall(r"`((?:[\w.-]+/)+[\w.-]+\.(?:py|md|cfg|json|png|txt|sh))`", text):
+            if name.split("/")[0] in top and not os.path.exists(os.path.join(ROOT, name)):
+                missing.append((path, name))
+    assert not missing, missing
+    assert len(documents()) >= 8  # the README and its pages
