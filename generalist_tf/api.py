@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 import generalist_tf
-from generalist_tf import defaults, init_from, tradeoff
+from generalist_tf import defaults, init_from, names, tradeoff
 from generalist_tf.algorithm import generalist, learners, optimizers, schedules, variants
 from generalist_tf.algorithm.schedules import Communication  # noqa: F401 (public: gtf.Communication)
 from generalist_tf.algorithm.variants import VARIANTS  # noqa: F401 (public: gtf.VARIANTS)
@@ -38,6 +38,13 @@ from generalist_tf.attacks.budget import Attack
 # The public names are listed once, in the package (`generalist_tf.__all__`), which must know
 # them without importing this module (and TensorFlow).
 __all__ = list(generalist_tf.__all__)
+
+
+# Which learners attack with `linf_attack` and with `l2_attack`.
+ATTACK_USERS = {
+    "linf_attack.": ("linf_pgd", "trades", "avg", "max", "msd"),
+    "l2_attack.": ("l2_pgd", "avg", "max", "msd"),
+}
 
 
 def _check_logits(network: keras.Model, argument: str) -> None:
@@ -147,6 +154,11 @@ def build_generalist(
         schedules.parse_mixing(mixing, flag="mixing") if isinstance(mixing, str) else dict(mixing)
     )
     schedules.check_mixing(weights, task_names, epochs, flag="mixing")
+    for attack, argument in ((linf_attack, "linf_attack."), (l2_attack, "l2_attack.")):
+        if any(n in task_names for n in ATTACK_USERS[argument]):
+            budget.check_training_attack(attack, argument)
+    select_metric = names.select_key(select_metric, task_names)
+    names.check_clean_floor(select_clean_floor)
     if not communicate:
         communication = None
     elif communication == "default":

@@ -59,6 +59,37 @@ def metric_key(prefix: str, metric: str, *, validation: bool = True) -> str:
 
 # The official selection rule (`--select_metric`): the best clean + PGD accuracy of G.
 CLEAN_PLUS_PGD = "clean_plus_pgd"
+# Named selection rules; anything else must be a validation-log key.
+SELECT_RULES = {
+    CLEAN_PLUS_PGD: CLEAN_PLUS_PGD,
+    "pgd": f"val_{GLOBAL}/pgd_accuracy",
+    "clean": f"val_{GLOBAL}/clean_accuracy",
+}
+
+
+def select_key(value: str, learner_names, argument: str = "select_metric") -> str:
+    """The selection rule or validation-log key `value` names, checked before training.
+
+    Raises:
+      ValueError: a value that names neither a rule nor a key the validation step logs (naming
+        `argument`: `select_metric` from Python, `--select_metric` on the command line).
+    """
+    if value in SELECT_RULES:
+        return SELECT_RULES[value]
+    prefixes = [GLOBAL] + [f"{name}_ema" for name in learner_names]
+    keys = [metric_key(p, m) for p in prefixes for m in EVAL_METRICS]
+    if value not in keys:
+        raise ValueError(
+            f"{argument}={value!r} is neither a rule ({', '.join(SELECT_RULES)}) nor a "
+            f"validation key ({', '.join(keys)})"
+        )
+    return value
+
+
+def check_clean_floor(value: float, argument: str = "select_clean_floor") -> None:
+    """The selection's clean-accuracy floor is an accuracy, in [0, 1]."""
+    if not 0 <= value <= 1:
+        raise ValueError(f"{argument} must be in [0, 1], got {value}")
 
 
 def trained_norms(tasks) -> tuple[str, ...]:

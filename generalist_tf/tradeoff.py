@@ -136,8 +136,11 @@ def reestimate_batchnorm(network: keras.Model, x: np.ndarray, *, batch_size: int
     ]
     if not layers:
         return 0
-    saved = [layer.momentum for layer in layers]
+    # A layer updates its statistics only when trainable; the EMAs and G are kept frozen
+    # (without this every point of a run's frontier kept the reset values: 0 and 1).
+    saved = [(layer.momentum, layer.trainable) for layer in layers]
     for layer in layers:
+        layer.trainable = True
         layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
         layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
     order = np.random.default_rng(0).permutation(len(x))
@@ -148,8 +151,8 @@ def reestimate_batchnorm(network: keras.Model, x: np.ndarray, *, batch_size: int
                 layer.momentum = k / (k + 1)  # the first batch replaces the reset values
             network(data.to_float(np.asarray(x[index])), training=True)
     finally:
-        for layer, momentum in zip(layers, saved):
-            layer.momentum = momentum
+        for layer, (momentum, trainable) in zip(layers, saved):
+            layer.momentum, layer.trainable = momentum, trainable
     return len(layers)
 
 

@@ -284,3 +284,27 @@ def test_a_communication_that_never_fires_is_refused_alike():
             communication_start=1,
             communication_period=7,
         )
+
+
+def test_selection_and_attack_budgets_are_refused_alike():
+    from tests import helpers_train
+
+    def cli(**overrides):
+        return helpers_train.config_from("quickstart.cfg", workdir="/tmp/x", **overrides)
+
+    with pytest.raises(ValueError, match="^select_metric='val_global/pgd_acc' is neither a rule"):
+        build(select_metric="val_global/pgd_acc")
+    with pytest.raises(ValueError, match="^--select_metric='val_global/pgd_acc' is neither"):
+        cli(select_metric="val_global/pgd_acc")
+    with pytest.raises(ValueError, match=r"^select_clean_floor must be in \[0, 1\], got 1.5"):
+        build(select_clean_floor=1.5)
+    with pytest.raises(ValueError, match=r"^--select_clean_floor must be in \[0, 1\], got 1.5"):
+        cli(select_clean_floor=1.5)
+    # A named rule means the same key from both doors (it used to reach fit unresolved).
+    assert build(select_metric="pgd").algorithm.select_metric == "val_global/pgd_accuracy"
+    with pytest.raises(
+        ValueError, match=r"^linf_attack.step_size must be in \(0, linf_attack.epsilon=0.1\]"
+    ):
+        build(linf_attack=gtf.Attack("linf", 0.1, 0.5, 1))
+    with pytest.raises(ValueError, match=r"^--step_size must be in \(0, --epsilon=0.3\], got 0.5"):
+        cli(step_size=0.5)

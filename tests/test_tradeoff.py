@@ -138,16 +138,24 @@ def test_pareto_and_gain():
     assert frontier.clean_at([(0.9, 0.5), (0.9, 0.3)], 0.4) == pytest.approx(0.9)
 
 
-def test_reestimated_batchnorm_is_the_mean_of_batch_statistics():
+@pytest.mark.parametrize("frozen", [False, True])
+def test_reestimated_batchnorm_is_the_mean_of_batch_statistics(frozen):
+    """Also on a frozen network, as a run's EMAs and G are kept (it kept the reset 0 and 1)."""
     inputs = keras.Input((3,))
     bn = keras.layers.BatchNormalization(momentum=0.99)
     network = keras.Model(inputs, bn(inputs))
+    network.trainable = not frozen
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32) * 3 + 1
     assert frontier.reestimate_batchnorm(network, x, batch_size=10, batches=4) == 1
     order = np.random.default_rng(0).permutation(40)
-    means = [x[order[k * 10 : (k + 1) * 10]].mean(axis=0) for k in range(4)]
-    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(means, axis=0), rtol=1e-5)
-    assert bn.momentum == 0.99
+    batches = [x[order[k * 10 : (k + 1) * 10]] for k in range(4)]
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0), rtol=1e-4
+    )
+    assert bn.momentum == 0.99 and bn.trainable == (not frozen)
 
 
 def test_fine_tune_moves_a_copy_only(ends):

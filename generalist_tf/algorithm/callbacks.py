@@ -128,7 +128,7 @@ class BestGlobalCallback(keras.callbacks.Callback):
             return  # not a validated epoch
         if self.rule != names.CLEAN_PLUS_PGD and self.rule not in logs:
             raise ValueError(
-                f"--select_metric: {self.rule!r} is not in the epoch logs; available: {sorted(logs)}"
+                f"select_metric {self.rule!r} is not in the epoch logs; available: {sorted(logs)}"
             )
         score = selection_score(logs, self.rule, self.clean_floor)
         if math.isfinite(score) and score > float(self.model.best_score.numpy()):

@@ -90,6 +90,38 @@ class Attack:
         )
 
 
+def check_training_attack(attack: Attack, prefix: str) -> None:
+    """A training attack's budget as the learners need it: 0 < epsilon (<= 1 for l_inf, images
+    in [0, 1]), 0 < step <= epsilon, at least one step.
+
+    Args:
+      prefix: how the fields are named, `<prefix>epsilon` ...: `linf_attack.` from Python; the
+        command line checks its flags with `config.checks.attack_budget`, which calls this with
+        its flag names.
+    """
+    names = {field: f"{prefix}{field}" for field in ("epsilon", "step_size", "num_steps")}
+    check_named_budget(attack.norm, attack.epsilon, attack.step_size, attack.num_steps, names=names)
+
+
+def check_named_budget(norm, epsilon, step_size, num_steps, *, names: dict, shown=None) -> None:
+    """The training budget's checks, each value named by `names[field]` (and shown as
+    `shown[field]` when given, e.g. the flag's text `8/255`)."""
+    shown = shown or {}
+    upper = 1.0 if norm == "linf" else float("inf")
+    if not 0 < epsilon <= upper:
+        raise ValueError(
+            f"{names['epsilon']} must be in (0, {upper:g}] for images in [0, 1], got "
+            f"{shown.get('epsilon', epsilon)}"
+        )
+    if not 0 < step_size <= epsilon:
+        raise ValueError(
+            f"{names['step_size']} must be in (0, {names['epsilon']}={epsilon:g}], got "
+            f"{shown.get('step_size', step_size)}"
+        )
+    if not num_steps >= 1:
+        raise ValueError(f"{names['num_steps']} must be >= 1, got {num_steps}")
+
+
 def validation_attack(epsilon: float, num_steps: int | None = None) -> Attack:
     """The validation and evaluation PGD of a threat model: l_inf `epsilon`, step epsilon / 4,
     `num_steps` steps (default 20), random start. Both doors derive it here."""

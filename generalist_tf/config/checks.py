@@ -26,14 +26,17 @@ def attack_budget(
     step_flag, steps_flag = f"{prefix}step_size", f"{prefix}num_steps"
     step_size = fraction(values, step_flag)
     num_steps = values[steps_flag]
-    upper = 1.0 if linf_images else float("inf")
-    require(
-        0 < epsilon <= upper,
-        f"--{epsilon_flag} must be in (0, {upper:g}] for images in [0, 1], got {values[epsilon_flag]}",
+    # The API's own check (`budget.check_named_budget`), with the flags' names and texts.
+    budget.check_named_budget(
+        norm if linf_images else "l2",
+        epsilon,
+        step_size,
+        num_steps,
+        names={
+            "epsilon": f"--{epsilon_flag}",
+            "step_size": f"--{step_flag}",
+            "num_steps": f"--{steps_flag}",
+        },
+        shown={"epsilon": values[epsilon_flag], "step_size": values[step_flag]},
     )
-    require(
-        0 < step_size <= epsilon,
-        f"--{step_flag} must be in (0, --{epsilon_flag}={epsilon:g}], got {values[step_flag]}",
-    )
-    require(num_steps >= 1, f"--{steps_flag} must be >= 1, got {num_steps}")
     return budget.Attack(norm, epsilon, step_size, num_steps)

@@ -94,10 +94,7 @@ class Evaluation:
                 f"or one of the lists {', '.join(suite.ATTACK_SETS)}",
             )
         select_metric = select_key(v["select_metric"], learners)
-        require(
-            0 <= v["select_clean_floor"] <= 1,
-            f"--select_clean_floor must be in [0, 1], got {v['select_clean_floor']}",
-        )
+        names.check_clean_floor(v["select_clean_floor"], "--select_clean_floor")
         require(
             v["val_examples"] >= 0, f"--val_examples must be >= 0 (0: all), got {v['val_examples']}"
         )
@@ -128,28 +125,11 @@ class Evaluation:
         )
 
 
-# Named selection rules (`--select_metric`); anything else must be an epoch-log key.
+# The selection rule's names and check live in `names` (the API runs them too).
 CLEAN_PLUS_PGD = names.CLEAN_PLUS_PGD
-SELECT_RULES = {
-    CLEAN_PLUS_PGD: CLEAN_PLUS_PGD,
-    "pgd": names.metric_key(names.GLOBAL, "pgd_accuracy"),
-    "clean": names.metric_key(names.GLOBAL, "clean_accuracy"),
-}
+SELECT_RULES = names.SELECT_RULES
 
 
 def select_key(value: str, learner_names) -> str:
-    """The selection rule or validation-log key of `--select_metric`, checked before training.
-
-    Raises:
-      ValueError: a value that names neither a rule nor a key the validation step logs.
-    """
-    if value in SELECT_RULES:
-        return SELECT_RULES[value]
-    prefixes = [names.GLOBAL] + [f"{name}_ema" for name in learner_names]
-    keys = [names.metric_key(p, m) for p in prefixes for m in names.EVAL_METRICS]
-    require(
-        value in keys,
-        f"--select_metric={value!r} is neither a rule ({', '.join(SELECT_RULES)}) nor a "
-        f"validation key ({', '.join(keys)})",
-    )
-    return value
+    """`names.select_key` naming `--select_metric`."""
+    return names.select_key(value, learner_names, "--select_metric")
