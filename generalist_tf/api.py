@@ -169,6 +169,8 @@ def build_generalist(
         communication.check(epochs)
     if eval_attack is None:
         eval_attack = budget.validation_attack(linf_attack.epsilon)
+    # PGD with no step would make the validation's robust accuracy a second clean accuracy.
+    budget.check_count("eval_attack.num_steps", eval_attack.num_steps, 1)
 
     keras.utils.set_random_seed(seed)
     global_network = build_network()

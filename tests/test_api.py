@@ -308,3 +308,7 @@ def test_selection_and_attack_budgets_are_refused_alike():
         build(linf_attack=gtf.Attack("linf", 0.1, 0.5, 1))
     with pytest.raises(ValueError, match=r"^--step_size must be in \(0, --epsilon=0.3\], got 0.5"):
         cli(step_size=0.5)
+    with pytest.raises(ValueError, match="^eval_attack.num_steps must be an integer >= 1, got 0"):
+        build(eval_attack=gtf.Attack("linf", 0.1, 0.025, 0))
+    with pytest.raises(ValueError, match="^--eval_num_steps must be >= 1, got 0"):
+        cli(eval_num_steps=0)
