@@ -82,13 +82,15 @@ def start_tensorflow_quietly() -> None:
 
             tf.config.list_physical_devices()
         finally:
+            # Also when the import fails: what TensorFlow printed then is written back.
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-        captured.seek(0)
-        lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-    kept = [line for line in lines if not any(mark in line for mark in CPU_START_UP_LINES)]
-    sys.stderr.write("".join(kept))
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not any(m in line for m in CPU_START_UP_LINES)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
 
 
 def _quiet_library_logs() -> None:

@@ -333,3 +333,26 @@ def test_a_cpu_only_run_logs_no_cuda_error_and_no_warning_of_ours(tmp_path):
     assert not bad, bad
     for attack in ("pgd20_linf", "square_linf"):
         assert re.search(rf"{attack}: accuracy \d\.\d+ in \d+\.\d s", log), attack
+
+
+def test_tensorflow_s_start_up_filter_writes_every_other_line_back(monkeypatch, capfd):
+    """Lines of the start-up window that are not CPU-only noise reach stderr, also when the
+    import fails (what a broken TensorFlow printed must not vanish)."""
+    import builtins
+
+    monkeypatch.setattr(main, "_USER_LOG_LEVEL", False)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "tensorflow":
+            os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers\n")
+            os.write(2, b"a real problem\n")
+            raise ImportError("no tensorflow")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(ImportError):
+        main.start_tensorflow_quietly()
+    err = capfd.readouterr().err
+    assert "a real problem" in err and "cudart_stub" not in err
