@@ -40,13 +40,6 @@ from generalist_tf.attacks.budget import Attack
 __all__ = list(generalist_tf.__all__)
 
 
-# Which learners attack with `linf_attack` and with `l2_attack`.
-ATTACK_USERS = {
-    "linf_attack.": ("linf_pgd", "trades", "avg", "max", "msd"),
-    "l2_attack.": ("l2_pgd", "avg", "max", "msd"),
-}
-
-
 def _check_logits(network: keras.Model, argument: str) -> None:
     """Refuses a network that outputs probabilities (rows summing to one) instead of logits."""
     shape = tuple(network.input_shape[1:])
@@ -154,9 +147,10 @@ def build_generalist(
         schedules.parse_mixing(mixing, flag="mixing") if isinstance(mixing, str) else dict(mixing)
     )
     schedules.check_mixing(weights, task_names, epochs, flag="mixing")
-    for attack, argument in ((linf_attack, "linf_attack."), (l2_attack, "l2_attack.")):
-        if any(n in task_names for n in ATTACK_USERS[argument]):
-            budget.check_training_attack(attack, argument)
+    # The attacks the learners train with (`names.TRAINING_NORMS`: which task attacks in which norm).
+    training_attacks = {"linf": (linf_attack, "linf_attack."), "l2": (l2_attack, "l2_attack.")}
+    for norm in names.trained_norms(task_names):
+        budget.check_training_attack(*training_attacks[norm])
     select_metric = names.select_key(select_metric, task_names)
     names.check_clean_floor(select_clean_floor)
     if not communicate:

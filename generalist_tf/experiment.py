@@ -78,7 +78,31 @@ def build_model(config: Config, build_network, steps_per_epoch: int) -> generali
     """The config's compiled Generalist through the public API (`api.build_generalist`: one code
     path for the command line and Python users); call inside `strategy.scope()`."""
     try:
-        model = _build_generalist(config, build_network, steps_per_epoch)
+        model = api.build_generalist(
+            build_network,
+            epochs=config.optimisation.epochs,
+            steps_per_epoch=steps_per_epoch,
+            variant=config.algorithm.variant,
+            tasks=config.algorithm.learners if config.algorithm.variant == "custom" else None,
+            mixing=config.algorithm.mixing,
+            linf_attack=config.attacks.linf_attack,
+            l2_attack=config.attacks.l2_attack,
+            eval_attack=config.evaluation.eval_attack,
+            learning_rate=config.optimisation.learning_rate,
+            momentum=config.optimisation.momentum,
+            natural_weight_decay=config.optimisation.natural_weight_decay,
+            natural_lr_scale=config.optimisation.natural_lr_scale,
+            robust_weight_decay=config.optimisation.robust_weight_decay,
+            trades_beta=config.algorithm.trades_beta,
+            ema_decay=config.algorithm.ema_decay,
+            communication=config.algorithm.communication,
+            select_metric=config.evaluation.select_metric,
+            select_clean_floor=config.evaluation.select_clean_floor,
+            init=config.model.init_from,
+            seed=config.runtime.seed,
+            jit_compile=config.runtime.jit_compile,
+            clean_accuracy=config.evaluation.train_clean_accuracy,
+        )
     except init_from.InitError as e:
         # The library names its argument (`init=`); the command line names the flag.
         message = str(e)
@@ -87,34 +111,6 @@ def build_model(config: Config, build_network, steps_per_epoch: int) -> generali
         raise init_from.InitError(message) from None
     model.compile(steps_per_execution=config.runtime.steps_per_execution)
     return model
-
-
-def _build_generalist(config: Config, build_network, steps_per_epoch: int):
-    return api.build_generalist(
-        build_network,
-        epochs=config.optimisation.epochs,
-        steps_per_epoch=steps_per_epoch,
-        variant=config.algorithm.variant,
-        tasks=config.algorithm.learners if config.algorithm.variant == "custom" else None,
-        mixing=config.algorithm.mixing,
-        linf_attack=config.attacks.linf_attack,
-        l2_attack=config.attacks.l2_attack,
-        eval_attack=config.evaluation.eval_attack,
-        learning_rate=config.optimisation.learning_rate,
-        momentum=config.optimisation.momentum,
-        natural_weight_decay=config.optimisation.natural_weight_decay,
-        natural_lr_scale=config.optimisation.natural_lr_scale,
-        robust_weight_decay=config.optimisation.robust_weight_decay,
-        trades_beta=config.algorithm.trades_beta,
-        ema_decay=config.algorithm.ema_decay,
-        communication=config.algorithm.communication,
-        select_metric=config.evaluation.select_metric,
-        select_clean_floor=config.evaluation.select_clean_floor,
-        init=config.model.init_from,
-        seed=config.runtime.seed,
-        jit_compile=config.runtime.jit_compile,
-        clean_accuracy=config.evaluation.train_clean_accuracy,
-    )
 
 
 def steps_per_epoch(config: Config, num_train: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from typing import Iterator
 
@@ -33,8 +34,6 @@ def progress_verbosity(verbose: int, stream=None) -> int:
     Keras' progress bar redraws in place whenever it runs on POSIX, so written to a file or a
     pipe it is one long line of redraws; there 1 becomes 2 (one line per epoch). 0 and 2 stay.
     """
-    import sys
-
     stream = sys.stdout if stream is None else stream
     is_terminal = getattr(stream, "isatty", lambda: False)()
     return 2 if verbose == 1 and not is_terminal else verbose

@@ -86,7 +86,6 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
                 f"algorithm must be an AlgorithmSettings, got {type(algorithm).__name__}"
             )
         self.algorithm = algorithm
-        self.build_network = algorithm.build_network
         self.learner_names = tuple(learner.name for learner in learners)
         if len(set(self.learner_names)) != len(self.learner_names):
             raise ValueError(f"learner names must be unique, got {self.learner_names}")
@@ -129,6 +128,11 @@ class Generalist(compat.KerasLoopFixes, keras.Model):
         self.built = True
 
     # --- the algorithm's settings and the Keras entry points users call ------------------------
+    @property
+    def build_network(self):
+        """Builds a fresh network of G's architecture (`AlgorithmSettings.build_network`)."""
+        return self.algorithm.build_network
+
     def algorithm_callbacks(self) -> list:
         """The mixing (Alg. 1) and best-G callbacks, in the order they must run."""
         a = self.algorithm
